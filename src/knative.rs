@@ -1,0 +1,533 @@
+//! Knative networking `Ingress` and `ClusterIngress` (networking.internal.knative.dev/v1alpha1):
+//! the types, Knative's defaults and Knative's validation.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const API_GROUP: &str = "networking.internal.knative.dev";
+pub const INGRESS_CLASS_ANNOTATION: &str = "networking.knative.dev/ingress.class";
+/// Older spelling of the class annotation, still honoured by Knative.
+pub const LEGACY_INGRESS_CLASS_ANNOTATION: &str = "networking.knative.dev/ingress-class";
+
+/// Which of the two Knative kinds an ingress object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum IngressKind {
+    Ingress,
+    ClusterIngress,
+}
+
+impl IngressKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngressKind::Ingress => "Ingress",
+            IngressKind::ClusterIngress => "ClusterIngress",
+        }
+    }
+}
+
+/// Identity of an ingress: `ClusterIngress` objects have an empty namespace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct IngressKey {
+    pub kind: IngressKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for IngressKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind.as_str(), self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind.as_str(), self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339; used to decide domain conflicts (oldest wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+}
+
+/// An `Ingress` or `ClusterIngress` as read from a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ingress {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: IngressSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<IngressTls>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<IngressRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_option: Option<HttpOption>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressTls {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub secret_name: String,
+    #[serde(default)]
+    pub secret_namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Visibility {
+    #[default]
+    ExternalIP,
+    ClusterLocal,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpOption {
+    #[default]
+    Enabled,
+    Redirected,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpIngressRuleValue>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpIngressRuleValue {
+    #[serde(default)]
+    pub paths: Vec<HttpIngressPath>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpIngressPath {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rewrite_host: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, HeaderMatch>,
+    #[serde(default)]
+    pub splits: Vec<IngressBackendSplit>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderMatch {
+    #[serde(default)]
+    pub exact: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressBackendSplit {
+    #[serde(default)]
+    pub service_namespace: String,
+    #[serde(default)]
+    pub service_name: String,
+    #[serde(default)]
+    pub service_port: ServicePort,
+    /// `None` is Knative's "unset", which defaults to 100 for a lone split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_headers: BTreeMap<String, String>,
+}
+
+/// Kubernetes `IntOrString` for a service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServicePort {
+    Number(i32),
+    Name(String),
+}
+
+impl Default for ServicePort {
+    fn default() -> Self {
+        ServicePort::Number(0)
+    }
+}
+
+impl std::fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServicePort::Number(n) => write!(f, "{n}"),
+            ServicePort::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Why an ingress spec is not acceptable, in Knative's words where Knative has them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("spec.rules: at least one rule is required")]
+    NoRules,
+    #[error("spec.rules[{rule}].hosts: at least one host is required")]
+    NoHosts { rule: usize },
+    #[error("spec.rules[{rule}].http: an http section with at least one path is required")]
+    NoPaths { rule: usize },
+    #[error("spec.rules[{rule}].http.paths[{path}].path: {reason}")]
+    BadPath {
+        rule: usize,
+        path: usize,
+        reason: &'static str,
+    },
+    #[error("spec.rules[{rule}].http.paths[{path}].splits: at least one split is required")]
+    NoSplits { rule: usize, path: usize },
+    #[error(
+        "spec.rules[{rule}].http.paths[{path}].splits[{split}].percent: {percent} is outside 0..100"
+    )]
+    PercentOutOfRange {
+        rule: usize,
+        path: usize,
+        split: usize,
+        percent: u32,
+    },
+    #[error(
+        "spec.rules[{rule}].http.paths[{path}].splits: percents sum to {sum}, they must sum to 100"
+    )]
+    PercentSum { rule: usize, path: usize, sum: u32 },
+    #[error(
+        "spec.rules[{rule}].http.paths[{path}].splits[{split}].{field}: a value is required"
+    )]
+    MissingBackendField {
+        rule: usize,
+        path: usize,
+        split: usize,
+        field: &'static str,
+    },
+    #[error(
+        "spec.rules[{rule}].http.paths[{path}].splits[{split}].serviceNamespace: {found:?} must equal the ingress namespace {expected:?}"
+    )]
+    CrossNamespaceBackend {
+        rule: usize,
+        path: usize,
+        split: usize,
+        found: String,
+        expected: String,
+    },
+    #[error("spec.rules[{rule}].http.paths[{path}].headers[{header}].exact: a value is required")]
+    EmptyHeaderMatch {
+        rule: usize,
+        path: usize,
+        header: String,
+    },
+    #[error("spec.tls[{index}].{field}: a value is required")]
+    MissingTlsField { index: usize, field: &'static str },
+    #[error("spec.tls[{index}].hosts: at least one host is required")]
+    NoTlsHosts { index: usize },
+}
+
+impl Ingress {
+    /// Applies Knative's defaults in place: visibility `ExternalIP`, `httpOption: Enabled`,
+    /// a lone split without a percent gets 100, and an empty split namespace is the ingress's.
+    pub fn set_defaults(&mut self) {
+        let namespace = self.metadata.namespace.clone();
+        self.spec.http_option.get_or_insert(HttpOption::Enabled);
+        for rule in &mut self.spec.rules {
+            rule.visibility.get_or_insert(Visibility::ExternalIP);
+            for path in rule.http.iter_mut().flat_map(|http| http.paths.iter_mut()) {
+                if let [only] = path.splits.as_mut_slice() {
+                    only.percent.get_or_insert(100);
+                }
+                for split in &mut path.splits {
+                    if split.service_namespace.is_empty() {
+                        split.service_namespace = namespace.clone();
+                    }
+                }
+            }
+        }
+        for tls in &mut self.spec.tls {
+            if tls.secret_namespace.is_empty() {
+                tls.secret_namespace = namespace.clone();
+            }
+        }
+    }
+
+    /// Knative's validation of a defaulted spec. Returns every problem found, in spec order.
+    pub fn validate(&self) -> Result<(), Vec<ValidationError>> {
+        let mut errors = Vec::new();
+        let spec = &self.spec;
+        if spec.rules.is_empty() {
+            errors.push(ValidationError::NoRules);
+        }
+        for (r, rule) in spec.rules.iter().enumerate() {
+            if rule.hosts.is_empty() || rule.hosts.iter().any(String::is_empty) {
+                errors.push(ValidationError::NoHosts { rule: r });
+            }
+            let paths = rule.http.as_ref().map(|h| h.paths.as_slice()).unwrap_or_default();
+            if paths.is_empty() {
+                errors.push(ValidationError::NoPaths { rule: r });
+            }
+            for (p, path) in paths.iter().enumerate() {
+                self.validate_path(r, p, path, &mut errors);
+            }
+        }
+        for (index, tls) in spec.tls.iter().enumerate() {
+            if tls.hosts.is_empty() {
+                errors.push(ValidationError::NoTlsHosts { index });
+            }
+            if tls.secret_name.is_empty() {
+                errors.push(ValidationError::MissingTlsField {
+                    index,
+                    field: "secretName",
+                });
+            }
+            if tls.secret_namespace.is_empty() {
+                errors.push(ValidationError::MissingTlsField {
+                    index,
+                    field: "secretNamespace",
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn validate_path(
+        &self,
+        rule: usize,
+        path: usize,
+        spec: &HttpIngressPath,
+        errors: &mut Vec<ValidationError>,
+    ) {
+        if !spec.path.is_empty() && !spec.path.starts_with('/') {
+            errors.push(ValidationError::BadPath {
+                rule,
+                path,
+                reason: "must start with '/'",
+            });
+        }
+        for (header, matcher) in &spec.headers {
+            if matcher.exact.is_empty() {
+                errors.push(ValidationError::EmptyHeaderMatch {
+                    rule,
+                    path,
+                    header: header.clone(),
+                });
+            }
+        }
+        if spec.splits.is_empty() {
+            errors.push(ValidationError::NoSplits { rule, path });
+            return;
+        }
+        let mut sum = 0;
+        for (split, backend) in spec.splits.iter().enumerate() {
+            let percent = backend.percent.unwrap_or(0);
+            if percent > 100 {
+                errors.push(ValidationError::PercentOutOfRange {
+                    rule,
+                    path,
+                    split,
+                    percent,
+                });
+            }
+            sum += percent;
+            if backend.service_name.is_empty() {
+                errors.push(ValidationError::MissingBackendField {
+                    rule,
+                    path,
+                    split,
+                    field: "serviceName",
+                });
+            }
+            let port_missing = match &backend.service_port {
+                ServicePort::Number(n) => *n <= 0,
+                ServicePort::Name(name) => name.is_empty(),
+            };
+            if port_missing {
+                errors.push(ValidationError::MissingBackendField {
+                    rule,
+                    path,
+                    split,
+                    field: "servicePort",
+                });
+            }
+            if self.metadata.namespace.is_empty() {
+                if backend.service_namespace.is_empty() {
+                    errors.push(ValidationError::MissingBackendField {
+                        rule,
+                        path,
+                        split,
+                        field: "serviceNamespace",
+                    });
+                }
+            } else if backend.service_namespace != self.metadata.namespace {
+                errors.push(ValidationError::CrossNamespaceBackend {
+                    rule,
+                    path,
+                    split,
+                    found: backend.service_namespace.clone(),
+                    expected: self.metadata.namespace.clone(),
+                });
+            }
+        }
+        if sum != 100 {
+            errors.push(ValidationError::PercentSum { rule, path, sum });
+        }
+    }
+
+    /// The class this ingress asks for, from either spelling of the annotation.
+    pub fn ingress_class(&self) -> Option<&str> {
+        let annotations = &self.metadata.annotations;
+        annotations
+            .get(INGRESS_CLASS_ANNOTATION)
+            .or_else(|| annotations.get(LEGACY_INGRESS_CLASS_ANNOTATION))
+            .map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(yaml: &str) -> Ingress {
+        let mut ingress: Ingress = serde_saphyr::from_str(yaml).expect("test YAML parses");
+        ingress.set_defaults();
+        ingress
+    }
+
+    const HELLO: &str = r#"
+metadata: {name: hello, namespace: default}
+spec:
+  rules:
+  - hosts: [hello.default.example.com]
+    http:
+      paths:
+      - splits:
+        - serviceName: hello
+          servicePort: 80
+"#;
+
+    #[test]
+    fn lone_split_defaults_to_100_percent_external_ip_and_own_namespace() {
+        let ingress = ingress(HELLO);
+        let rule = &ingress.spec.rules[0];
+        assert_eq!(rule.visibility, Some(Visibility::ExternalIP));
+        let split = &rule.http.as_ref().unwrap().paths[0].splits[0];
+        assert_eq!(split.percent, Some(100));
+        assert_eq!(split.service_namespace, "default");
+        assert_eq!(ingress.spec.http_option, Some(HttpOption::Enabled));
+        assert_eq!(ingress.validate(), Ok(()));
+    }
+
+    #[test]
+    fn percents_must_sum_to_100() {
+        let ingress = ingress(
+            r#"
+metadata: {name: x, namespace: default}
+spec:
+  rules:
+  - hosts: [x.example.com]
+    http:
+      paths:
+      - splits:
+        - {serviceName: a, servicePort: 80, percent: 60}
+        - {serviceName: b, servicePort: http, percent: 30}
+"#,
+        );
+        assert_eq!(
+            ingress.validate(),
+            Err(vec![ValidationError::PercentSum {
+                rule: 0,
+                path: 0,
+                sum: 90
+            }])
+        );
+    }
+
+    #[test]
+    fn backend_in_another_namespace_is_rejected() {
+        let ingress = ingress(
+            r#"
+metadata: {name: x, namespace: default}
+spec:
+  rules:
+  - hosts: [x.example.com]
+    http:
+      paths:
+      - splits: [{serviceNamespace: other, serviceName: a, servicePort: 80}]
+"#,
+        );
+        let errors = ingress.validate().unwrap_err();
+        assert!(matches!(
+            errors.as_slice(),
+            [ValidationError::CrossNamespaceBackend { .. }]
+        ));
+        assert!(errors[0].to_string().contains("\"other\""));
+    }
+
+    #[test]
+    fn tls_needs_a_secret_name() {
+        let mut ingress = ingress(HELLO);
+        ingress.spec.tls.push(IngressTls {
+            hosts: vec!["hello.default.example.com".into()],
+            ..Default::default()
+        });
+        ingress.set_defaults();
+        assert_eq!(
+            ingress.validate(),
+            Err(vec![ValidationError::MissingTlsField {
+                index: 0,
+                field: "secretName"
+            }])
+        );
+    }
+
+    #[test]
+    fn named_service_port_and_class_annotation_parse() {
+        let ingress = ingress(
+            r#"
+metadata:
+  name: x
+  namespace: default
+  annotations: {networking.knative.dev/ingress-class: sluice.ingress.networking.knative.dev}
+spec:
+  rules:
+  - hosts: [x.example.com]
+    visibility: ClusterLocal
+    http:
+      paths:
+      - path: /api
+        splits: [{serviceName: a, servicePort: h2c}]
+"#,
+        );
+        assert_eq!(ingress.ingress_class(), Some("sluice.ingress.networking.knative.dev"));
+        let split = &ingress.spec.rules[0].http.as_ref().unwrap().paths[0].splits[0];
+        assert_eq!(split.service_port, ServicePort::Name("h2c".into()));
+        assert_eq!(ingress.validate(), Ok(()));
+    }
+}

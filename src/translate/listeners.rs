@@ -1,0 +1,109 @@
+//! The listeners: external and internal HTTP, each routing by scope (host, listener kind).
+
+use envoy_types::pb::envoy::config::common::mutation_rules::v3::{
+    HeaderMutation as MutationRule, header_mutation::Action as MutationAction,
+};
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, ScopedRds, ScopedRoutes,
+    http_connection_manager::{CodecType, RouteSpecifier, UpgradeConfig},
+    http_filter::ConfigType,
+    scoped_routes::{
+        ConfigSpecifier, ScopeKeyBuilder,
+        scope_key_builder::{
+            FragmentBuilder,
+            fragment_builder::{HeaderValueExtractor, Type, header_value_extractor::ExtractType},
+        },
+    },
+};
+use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3::HeaderMutation;
+use envoy_types::pb::google::protobuf::BoolValue;
+
+use crate::translate::clusters::{ads, socket_address};
+use crate::translate::routes::{LISTENER_HEADER, ListenerKind, set_header};
+use crate::translate::{TranslateConfig, pack};
+
+pub fn listener_name(kind: ListenerKind) -> String {
+    format!("{}-http", kind.as_str())
+}
+
+fn header_fragment(name: &str, separator: &str) -> FragmentBuilder {
+    FragmentBuilder {
+        r#type: Some(Type::HeaderValueExtractor(HeaderValueExtractor {
+            name: name.to_owned(),
+            element_separator: separator.to_owned(),
+            extract_type: Some(ExtractType::Index(0)),
+        })),
+    }
+}
+
+fn connection_manager(kind: ListenerKind) -> HttpConnectionManager {
+    // The listener says which it is in a header the client cannot forge (it is overwritten
+    // before routing); scopes are keyed on it so that one Envoy can hold both listeners while
+    // ClusterLocal hosts stay unreachable from outside.
+    let mark_listener = HeaderMutation {
+        mutations: vec![MutationRule {
+            action: Some(MutationAction::Append(set_header(
+                LISTENER_HEADER,
+                kind.as_str(),
+            ))),
+        }],
+    };
+    HttpConnectionManager {
+        stat_prefix: listener_name(kind),
+        codec_type: CodecType::Auto as i32,
+        early_header_mutation_extensions: vec![TypedExtensionConfig {
+            name: "envoy.http.early_header_mutation.header_mutation".to_owned(),
+            typed_config: Some(pack(&mark_listener)),
+        }],
+        route_specifier: Some(RouteSpecifier::ScopedRoutes(ScopedRoutes {
+            name: "sluice".to_owned(),
+            scope_key_builder: Some(ScopeKeyBuilder {
+                fragments: vec![
+                    // The host without its port: `host` and `host:*` select the same scope.
+                    header_fragment(":authority", ":"),
+                    header_fragment(LISTENER_HEADER, ""),
+                ],
+            }),
+            rds_config_source: Some(ads()),
+            config_specifier: Some(ConfigSpecifier::ScopedRds(ScopedRds {
+                scoped_rds_config_source: Some(ads()),
+                srds_resources_locator: String::new(),
+            })),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".to_owned(),
+            config_type: Some(ConfigType::TypedConfig(pack(&Router::default()))),
+            ..Default::default()
+        }],
+        upgrade_configs: vec![UpgradeConfig {
+            upgrade_type: "websocket".to_owned(),
+            ..Default::default()
+        }],
+        use_remote_address: Some(BoolValue { value: true }),
+        ..Default::default()
+    }
+}
+
+pub fn http_listener(config: &TranslateConfig, kind: ListenerKind) -> Listener {
+    let port = match kind {
+        ListenerKind::External => config.http_port,
+        ListenerKind::Internal => config.internal_http_port,
+    };
+    Listener {
+        name: listener_name(kind),
+        address: Some(socket_address(&config.listen_address, u32::from(port))),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack(&connection_manager(
+                    kind,
+                )))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

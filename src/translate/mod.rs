@@ -1,0 +1,439 @@
+//! Translation: the world in, Envoy resources out. Pure: no I/O, no clock, no async, and the
+//! same world always gives byte-identical resources.
+//!
+//! The translator is incremental. It keeps each ingress's plan and each host's resources, and a
+//! change set from the world re-plans only the changed ingresses, rebuilds only the hosts they
+//! touch and the clusters of the services that changed, and emits updates for only the resources
+//! whose bytes changed. Each host gets its own small `RouteConfiguration`, selected by a scope
+//! (SRDS), so one changed ingress never re-sends the route table of the others.
+
+mod clusters;
+mod listeners;
+mod routes;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+use serde::Serialize;
+
+use crate::knative::IngressKey;
+use crate::world::{ChangeSet, NsName, World};
+use crate::xds::{Group, Resource, ResourceUpdate, TypeUrl};
+
+pub use routes::{ClusterKey, LISTENER_HEADER, ListenerKind};
+
+/// Where Envoy's listeners bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateConfig {
+    pub listen_address: String,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub internal_http_port: u16,
+    pub internal_https_port: u16,
+}
+
+pub(crate) fn pack<M: Message + Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// What translation made of one ingress, for its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IngressOutcome {
+    /// Hosts whose routes come from this ingress.
+    pub served_hosts: BTreeSet<String>,
+    /// Hosts another ingress won: host → the winner.
+    pub conflicts: BTreeMap<String, IngressKey>,
+}
+
+#[derive(Debug)]
+struct Plan {
+    created: Option<String>,
+    hosts: BTreeMap<String, routes::HostRoutes>,
+}
+
+/// What one host currently contributes to the snapshot.
+#[derive(Debug, Default)]
+struct HostResources {
+    /// Route configuration name → the resource.
+    routes: BTreeMap<String, Arc<Resource>>,
+    /// Scope name → (groups, resource).
+    scopes: BTreeMap<String, (Vec<Group>, Arc<Resource>)>,
+    clusters: BTreeSet<ClusterKey>,
+    owners: BTreeSet<IngressKey>,
+    losers: BTreeSet<IngressKey>,
+}
+
+#[derive(Debug)]
+struct BackendResources {
+    cluster: Arc<Resource>,
+    endpoints: Option<Arc<Resource>>,
+}
+
+pub struct Translator {
+    config: TranslateConfig,
+    listeners_emitted: bool,
+    plans: BTreeMap<IngressKey, Plan>,
+    claims: BTreeMap<String, BTreeSet<IngressKey>>,
+    hosts: BTreeMap<String, HostResources>,
+    cluster_refs: BTreeMap<ClusterKey, usize>,
+    clusters_by_service: BTreeMap<NsName, BTreeSet<ClusterKey>>,
+    backends: BTreeMap<ClusterKey, BackendResources>,
+}
+
+impl Translator {
+    pub fn new(config: TranslateConfig) -> Self {
+        Translator {
+            config,
+            listeners_emitted: false,
+            plans: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            cluster_refs: BTreeMap::new(),
+            clusters_by_service: BTreeMap::new(),
+            backends: BTreeMap::new(),
+        }
+    }
+
+    /// The change set that translates a whole world from scratch.
+    pub fn everything(world: &World) -> ChangeSet {
+        ChangeSet {
+            ingresses: world.ingresses.keys().cloned().collect(),
+            services: world.services.keys().cloned().collect(),
+            endpoints: world.endpoints.keys().cloned().collect(),
+            secrets: world.secrets.keys().cloned().collect(),
+        }
+    }
+
+    /// Brings the resources up to date with `world` after `changes`, returning only the
+    /// resources that were added, changed or removed.
+    pub fn apply(&mut self, world: &World, changes: &ChangeSet) -> Vec<ResourceUpdate> {
+        let mut out = Vec::new();
+        if !self.listeners_emitted {
+            self.emit_listeners(&mut out);
+        }
+        let mut touched_hosts = BTreeSet::new();
+        for key in &changes.ingresses {
+            if let Some(old) = self.plans.remove(key) {
+                for host in old.hosts.into_keys() {
+                    if let Some(claimants) = self.claims.get_mut(&host) {
+                        claimants.remove(key);
+                        if claimants.is_empty() {
+                            self.claims.remove(&host);
+                        }
+                    }
+                    touched_hosts.insert(host);
+                }
+            }
+            let Some(ingress) = world.ingresses.get(key).and_then(|e| e.served.as_ref()) else {
+                continue;
+            };
+            let plan = Plan {
+                created: ingress.metadata.creation_timestamp.clone(),
+                hosts: routes::plan_ingress(ingress),
+            };
+            for host in plan.hosts.keys() {
+                self.claims
+                    .entry(host.clone())
+                    .or_default()
+                    .insert(key.clone());
+                touched_hosts.insert(host.clone());
+            }
+            self.plans.insert(key.clone(), plan);
+        }
+
+        let mut touched_clusters = BTreeSet::new();
+        for host in touched_hosts {
+            self.rebuild_host(&host, &mut touched_clusters, &mut out);
+        }
+        for service in changes.services.iter().chain(&changes.endpoints) {
+            if let Some(keys) = self.clusters_by_service.get(service) {
+                touched_clusters.extend(keys.iter().cloned());
+            }
+        }
+        for key in touched_clusters {
+            self.rebuild_backend(&key, world, &mut out);
+        }
+        out
+    }
+
+    fn emit_listeners(&mut self, out: &mut Vec<ResourceUpdate>) {
+        for (kind, groups) in [
+            (ListenerKind::External, vec![Group::External, Group::All]),
+            (ListenerKind::Internal, vec![Group::Internal, Group::All]),
+        ] {
+            let listener = listeners::http_listener(&self.config, kind);
+            out.push(ResourceUpdate {
+                type_url: TypeUrl::Listener,
+                groups: Some(groups),
+                name: listener.name.clone(),
+                resource: Some(Resource::new(
+                    TypeUrl::Listener,
+                    listener.name.clone(),
+                    &listener,
+                    Vec::new(),
+                )),
+            });
+        }
+        self.listeners_emitted = true;
+    }
+
+    /// The ingress whose routes a host serves: the oldest claimant, then by key. Claimants with
+    /// exactly the same routes share the host; the others lose it.
+    fn decide_host(&self, host: &str) -> Option<(IngressKey, BTreeSet<IngressKey>)> {
+        let claimants = self.claims.get(host)?;
+        let mut ordered: Vec<&IngressKey> = claimants.iter().collect();
+        ordered.sort_by_key(|key| (self.plans[*key].created.is_none(), &self.plans[*key].created));
+        let winner = ordered[0].clone();
+        let routes = &self.plans[&winner].hosts[host];
+        let losers = ordered[1..]
+            .iter()
+            .filter(|key| self.plans[**key].hosts[host] != *routes)
+            .map(|key| (*key).clone())
+            .collect();
+        Some((winner, losers))
+    }
+
+    fn rebuild_host(
+        &mut self,
+        host: &str,
+        touched_clusters: &mut BTreeSet<ClusterKey>,
+        out: &mut Vec<ResourceUpdate>,
+    ) {
+        let mut next = HostResources::default();
+        if let Some((winner, losers)) = self.decide_host(host) {
+            let planned = &self.plans[&winner].hosts[host];
+            next.owners = self.claims[host]
+                .iter()
+                .filter(|key| !losers.contains(*key))
+                .cloned()
+                .collect();
+            next.losers = losers;
+            for route in planned.internal.iter().chain(&planned.external) {
+                next.clusters
+                    .extend(route.splits.iter().map(|split| split.cluster.clone()));
+            }
+            let references = |routes: &[routes::RoutePlan]| -> Vec<String> {
+                let names: BTreeSet<String> = routes
+                    .iter()
+                    .flat_map(|r| r.splits.iter().map(|s| s.cluster.name()))
+                    .collect();
+                names.into_iter().collect()
+            };
+            let mut add_route = |name: String, plans: &[routes::RoutePlan]| {
+                let config = routes::route_configuration(&name, host, plans);
+                let resource =
+                    Resource::new(TypeUrl::RouteConfiguration, &name, &config, references(plans));
+                next.routes.insert(name.clone(), resource);
+                name
+            };
+            let internal_route =
+                (!planned.internal.is_empty()).then(|| add_route(host.to_owned(), &planned.internal));
+            let external_route = if planned.external.is_empty() {
+                None
+            } else if planned.external == planned.internal {
+                internal_route.clone()
+            } else {
+                Some(add_route(
+                    routes::scope_name(ListenerKind::External, host),
+                    &planned.external,
+                ))
+            };
+            for (kind, route, groups) in [
+                (ListenerKind::External, external_route, [Group::External, Group::All]),
+                (ListenerKind::Internal, internal_route, [Group::Internal, Group::All]),
+            ] {
+                if let Some(route) = route {
+                    let scope = routes::scoped_route(kind, host, &route);
+                    let resource = Resource::new(
+                        TypeUrl::ScopedRouteConfiguration,
+                        &scope.name,
+                        &scope,
+                        Vec::new(),
+                    );
+                    next.scopes
+                        .insert(scope.name.clone(), (groups.to_vec(), resource));
+                }
+            }
+        }
+        let previous = self.hosts.remove(host).unwrap_or_default();
+        diff_routes(&previous.routes, &next.routes, out);
+        diff_scopes(&previous.scopes, &next.scopes, out);
+        for key in previous.clusters.difference(&next.clusters) {
+            self.release_cluster(key, touched_clusters);
+        }
+        for key in next.clusters.difference(&previous.clusters) {
+            self.retain_cluster(key, touched_clusters);
+        }
+        if next.routes.is_empty() && next.losers.is_empty() {
+            return;
+        }
+        self.hosts.insert(host.to_owned(), next);
+    }
+
+    fn retain_cluster(&mut self, key: &ClusterKey, touched: &mut BTreeSet<ClusterKey>) {
+        let count = self.cluster_refs.entry(key.clone()).or_default();
+        *count += 1;
+        if *count == 1 {
+            self.clusters_by_service
+                .entry(NsName::new(key.namespace.clone(), key.service.clone()))
+                .or_default()
+                .insert(key.clone());
+            touched.insert(key.clone());
+        }
+    }
+
+    fn release_cluster(&mut self, key: &ClusterKey, touched: &mut BTreeSet<ClusterKey>) {
+        let Some(count) = self.cluster_refs.get_mut(key) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.cluster_refs.remove(key);
+            let service = NsName::new(key.namespace.clone(), key.service.clone());
+            if let Some(keys) = self.clusters_by_service.get_mut(&service) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.clusters_by_service.remove(&service);
+                }
+            }
+            touched.insert(key.clone());
+        }
+    }
+
+    fn rebuild_backend(&mut self, key: &ClusterKey, world: &World, out: &mut Vec<ResourceUpdate>) {
+        let name = key.name();
+        let next = self.cluster_refs.contains_key(key).then(|| {
+            let backend = clusters::backend(key, world);
+            BackendResources {
+                cluster: Resource::new(TypeUrl::Cluster, &name, &backend.cluster, Vec::new()),
+                endpoints: backend.endpoints.map(|cla| {
+                    Resource::new(TypeUrl::ClusterLoadAssignment, &name, &cla, Vec::new())
+                }),
+            }
+        });
+        let parts = |b: Option<&BackendResources>| match b {
+            Some(b) => (Some(b.cluster.clone()), b.endpoints.clone()),
+            None => (None, None),
+        };
+        let (old_cluster, old_endpoints) = parts(self.backends.remove(key).as_ref());
+        let (new_cluster, new_endpoints) = parts(next.as_ref());
+        diff_one(TypeUrl::Cluster, &name, old_cluster, new_cluster, out);
+        diff_one(
+            TypeUrl::ClusterLoadAssignment,
+            &name,
+            old_endpoints,
+            new_endpoints,
+            out,
+        );
+        if let Some(next) = next {
+            self.backends.insert(key.clone(), next);
+        }
+    }
+
+    /// What translation made of an ingress: the hosts it serves and the ones it lost.
+    pub fn outcome(&self, key: &IngressKey) -> IngressOutcome {
+        let mut outcome = IngressOutcome::default();
+        let Some(plan) = self.plans.get(key) else {
+            return outcome;
+        };
+        for host in plan.hosts.keys() {
+            let Some(resources) = self.hosts.get(host) else {
+                continue;
+            };
+            if resources.owners.contains(key) {
+                outcome.served_hosts.insert(host.clone());
+            } else if let Some(winner) = resources.owners.iter().next() {
+                outcome.conflicts.insert(host.clone(), winner.clone());
+            }
+        }
+        outcome
+    }
+
+    /// The ingresses whose routes make up a resource, to blame them when Envoy rejects it.
+    pub fn owners(&self, type_url: TypeUrl, name: &str) -> BTreeSet<IngressKey> {
+        match type_url {
+            TypeUrl::RouteConfiguration | TypeUrl::ScopedRouteConfiguration => {
+                let host = name
+                    .strip_prefix("external/")
+                    .or_else(|| name.strip_prefix("internal/"))
+                    .unwrap_or(name);
+                self.hosts
+                    .get(host)
+                    .map(|h| h.owners.clone())
+                    .unwrap_or_default()
+            }
+            TypeUrl::Cluster | TypeUrl::ClusterLoadAssignment => self
+                .hosts
+                .values()
+                .filter(|h| h.clusters.iter().any(|c| c.name() == name))
+                .flat_map(|h| h.owners.iter().cloned())
+                .collect(),
+            TypeUrl::Listener | TypeUrl::Secret => BTreeSet::new(),
+        }
+    }
+}
+
+fn diff_one(
+    type_url: TypeUrl,
+    name: &str,
+    old: Option<Arc<Resource>>,
+    new: Option<Arc<Resource>>,
+    out: &mut Vec<ResourceUpdate>,
+) {
+    let unchanged = match (&old, &new) {
+        (Some(old), Some(new)) => old.digest == new.digest,
+        (None, None) => true,
+        _ => false,
+    };
+    if !unchanged {
+        out.push(ResourceUpdate {
+            type_url,
+            groups: None,
+            name: name.to_owned(),
+            resource: new,
+        });
+    }
+}
+
+fn diff_routes(
+    old: &BTreeMap<String, Arc<Resource>>,
+    new: &BTreeMap<String, Arc<Resource>>,
+    out: &mut Vec<ResourceUpdate>,
+) {
+    for name in old.keys().chain(new.keys().filter(|n| !old.contains_key(*n))) {
+        diff_one(
+            TypeUrl::RouteConfiguration,
+            name,
+            old.get(name).cloned(),
+            new.get(name).cloned(),
+            out,
+        );
+    }
+}
+
+fn diff_scopes(
+    old: &BTreeMap<String, (Vec<Group>, Arc<Resource>)>,
+    new: &BTreeMap<String, (Vec<Group>, Arc<Resource>)>,
+    out: &mut Vec<ResourceUpdate>,
+) {
+    for name in old.keys().chain(new.keys().filter(|n| !old.contains_key(*n))) {
+        let (before, after) = (old.get(name), new.get(name));
+        if before.map(|(_, r)| r.digest) == after.map(|(_, r)| r.digest) {
+            continue;
+        }
+        let Some((groups, _)) = after.or(before) else {
+            continue;
+        };
+        out.push(ResourceUpdate {
+            type_url: TypeUrl::ScopedRouteConfiguration,
+            groups: Some(groups.clone()),
+            name: name.clone(),
+            resource: after.map(|(_, r)| r.clone()),
+        });
+    }
+}

@@ -1,0 +1,369 @@
+//! From a Knative ingress to the routes of each of its hosts, and from a host's routes to an
+//! Envoy `RouteConfiguration` and the scopes that select it.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration,
+    VirtualHost, WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
+    route_action::{ClusterSpecifier, HostRewriteSpecifier},
+    route_match::PathSpecifier,
+    scoped_route_configuration::{Key, key::Fragment, key::fragment::Type as FragmentType},
+    weighted_cluster::ClusterWeight,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use serde::Serialize;
+
+use crate::knative::{HttpIngressPath, Ingress, ServicePort, Visibility};
+
+/// The request header the listeners set (overwriting any client value) to say which listener a
+/// request came through; it is the second fragment of every scope key.
+pub const LISTENER_HEADER: &str = "x-sluice-listener";
+
+/// A backend port as an ingress names it: one Envoy cluster each.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ClusterKey {
+    pub namespace: String,
+    pub service: String,
+    pub port: ServicePort,
+}
+
+impl ClusterKey {
+    pub fn name(&self) -> String {
+        format!("{}/{}:{}", self.namespace, self.service, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SplitPlan {
+    pub cluster: ClusterKey,
+    pub percent: u32,
+    pub set_headers: BTreeMap<String, String>,
+}
+
+/// One Knative path, ready to become one Envoy route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoutePlan {
+    pub prefix: String,
+    pub headers: BTreeMap<String, String>,
+    pub rewrite_host: Option<String>,
+    pub set_headers: BTreeMap<String, String>,
+    /// Only the splits that receive traffic: a 0% split is left out entirely.
+    pub splits: Vec<SplitPlan>,
+}
+
+/// The routes one host gets from one ingress, per listener kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostRoutes {
+    /// ExternalIP rules: served on the external and the internal listeners.
+    pub external: Vec<RoutePlan>,
+    /// Every rule: what the internal listener serves.
+    pub internal: Vec<RoutePlan>,
+}
+
+/// Plans every host of a (valid, defaulted) ingress.
+pub fn plan_ingress(ingress: &Ingress) -> BTreeMap<String, HostRoutes> {
+    let mut hosts: BTreeMap<String, HostRoutes> = BTreeMap::new();
+    for rule in &ingress.spec.rules {
+        let paths = rule.http.iter().flat_map(|http| http.paths.iter());
+        let routes: Vec<RoutePlan> = paths.map(plan_path).collect();
+        for host in &rule.hosts {
+            let entry = hosts.entry(host.to_ascii_lowercase()).or_default();
+            if rule.visibility.unwrap_or_default() == Visibility::ExternalIP {
+                entry.external.extend(routes.iter().cloned());
+            }
+            entry.internal.extend(routes.iter().cloned());
+        }
+    }
+    for routes in hosts.values_mut() {
+        order_routes(&mut routes.external);
+        order_routes(&mut routes.internal);
+    }
+    hosts
+}
+
+fn plan_path(path: &HttpIngressPath) -> RoutePlan {
+    RoutePlan {
+        prefix: if path.path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.path.clone()
+        },
+        headers: path
+            .headers
+            .iter()
+            .map(|(name, matcher)| (name.to_ascii_lowercase(), matcher.exact.clone()))
+            .collect(),
+        rewrite_host: (!path.rewrite_host.is_empty()).then(|| path.rewrite_host.clone()),
+        set_headers: path.append_headers.clone(),
+        splits: path
+            .splits
+            .iter()
+            .filter(|split| split.percent.unwrap_or(0) > 0)
+            .map(|split| SplitPlan {
+                cluster: ClusterKey {
+                    namespace: split.service_namespace.clone(),
+                    service: split.service_name.clone(),
+                    port: split.service_port.clone(),
+                },
+                percent: split.percent.unwrap_or(0),
+                set_headers: split.append_headers.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Longest prefix first; for one prefix, routes with more header matches before the catch-all.
+/// The sort is stable, so among equals the first path of the rule wins, as Knative says.
+fn order_routes(routes: &mut [RoutePlan]) {
+    routes.sort_by(|a, b| {
+        b.prefix
+            .len()
+            .cmp(&a.prefix.len())
+            .then(b.headers.len().cmp(&a.headers.len()))
+    });
+}
+
+pub(crate) fn set_header(name: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn set_headers(headers: &BTreeMap<String, String>) -> Vec<HeaderValueOption> {
+    headers
+        .iter()
+        .map(|(name, value)| set_header(name, value))
+        .collect()
+}
+
+fn envoy_route(plan: &RoutePlan) -> Route {
+    let cluster_specifier = match plan.splits.as_slice() {
+        [only] if only.set_headers.is_empty() => ClusterSpecifier::Cluster(only.cluster.name()),
+        splits => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: splits
+                .iter()
+                .map(|split| ClusterWeight {
+                    name: split.cluster.name(),
+                    weight: Some(UInt32Value {
+                        value: split.percent,
+                    }),
+                    request_headers_to_add: set_headers(&split.set_headers),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix(plan.prefix.clone())),
+            headers: plan
+                .headers
+                .iter()
+                .map(|(name, value)| HeaderMatcher {
+                    name: name.clone(),
+                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+                        StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(value.clone())),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        request_headers_to_add: set_headers(&plan.set_headers),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(cluster_specifier),
+            host_rewrite_specifier: plan
+                .rewrite_host
+                .clone()
+                .map(HostRewriteSpecifier::HostRewriteLiteral),
+            // Knative wants no deadline: Envoy's 15 s default would cut slow revisions off.
+            timeout: Some(Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The route configuration for one host. Its single virtual host also lists the domains, so a
+/// route configuration read on its own says which host it is for.
+pub fn route_configuration(name: &str, host: &str, routes: &[RoutePlan]) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: host.to_owned(),
+            domains: vec![host.to_owned(), format!("{host}:*")],
+            routes: routes.iter().map(envoy_route).collect(),
+            ..Default::default()
+        }],
+        request_headers_to_remove: vec![LISTENER_HEADER.to_owned()],
+        ..Default::default()
+    }
+}
+
+/// Which listener kind a scope serves; it is the value of [`LISTENER_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum ListenerKind {
+    External,
+    Internal,
+}
+
+impl ListenerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::External => "external",
+            ListenerKind::Internal => "internal",
+        }
+    }
+}
+
+pub fn scope_name(kind: ListenerKind, host: &str) -> String {
+    format!("{}/{host}", kind.as_str())
+}
+
+pub fn scoped_route(kind: ListenerKind, host: &str, route_name: &str) -> ScopedRouteConfiguration {
+    let fragment = |value: &str| Fragment {
+        r#type: Some(FragmentType::StringKey(value.to_owned())),
+    };
+    ScopedRouteConfiguration {
+        name: scope_name(kind, host),
+        route_configuration_name: route_name.to_owned(),
+        key: Some(Key {
+            fragments: vec![fragment(host), fragment(kind.as_str())],
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(yaml: &str) -> Ingress {
+        let mut ingress: Ingress = serde_saphyr::from_str(yaml).unwrap();
+        ingress.set_defaults();
+        ingress
+    }
+
+    #[test]
+    fn longest_prefix_first_and_header_routes_before_catch_all() {
+        let plan = plan_ingress(&ingress(
+            r#"
+metadata: {name: x, namespace: ns}
+spec:
+  rules:
+  - hosts: [x.example.com]
+    http:
+      paths:
+      - splits: [{serviceName: root, servicePort: 80}]
+      - path: /api
+        splits: [{serviceName: api, servicePort: 80}]
+      - path: /api
+        headers: {Knative-Serving-Tag: {exact: canary}}
+        splits: [{serviceName: canary, servicePort: 80}]
+"#,
+        ));
+        let routes = &plan["x.example.com"].external;
+        let order: Vec<_> = routes
+            .iter()
+            .map(|r| r.splits[0].cluster.service.as_str())
+            .collect();
+        assert_eq!(order, ["canary", "api", "root"]);
+        assert_eq!(
+            routes[0].headers,
+            BTreeMap::from([("knative-serving-tag".into(), "canary".into())])
+        );
+    }
+
+    #[test]
+    fn cluster_local_rules_are_internal_only_and_zero_percent_splits_vanish() {
+        let plan = plan_ingress(&ingress(
+            r#"
+metadata: {name: x, namespace: ns}
+spec:
+  rules:
+  - hosts: [x.ns.svc.cluster.local]
+    visibility: ClusterLocal
+    http:
+      paths:
+      - splits:
+        - {serviceName: a, servicePort: 80, percent: 100}
+        - {serviceName: b, servicePort: 80, percent: 0}
+"#,
+        ));
+        let host = &plan["x.ns.svc.cluster.local"];
+        assert!(host.external.is_empty());
+        assert_eq!(host.internal.len(), 1);
+        assert_eq!(host.internal[0].splits.len(), 1);
+        assert_eq!(host.internal[0].splits[0].cluster.name(), "ns/a:80");
+    }
+
+    #[test]
+    fn route_sets_headers_and_disables_the_timeout() {
+        let plan = RoutePlan {
+            prefix: "/".into(),
+            headers: BTreeMap::new(),
+            rewrite_host: Some("backend.internal".into()),
+            set_headers: BTreeMap::from([("x-path".into(), "p".into())]),
+            splits: vec![
+                SplitPlan {
+                    cluster: ClusterKey {
+                        namespace: "ns".into(),
+                        service: "a".into(),
+                        port: ServicePort::Number(80),
+                    },
+                    percent: 90,
+                    set_headers: BTreeMap::from([("x-split".into(), "a".into())]),
+                },
+                SplitPlan {
+                    cluster: ClusterKey {
+                        namespace: "ns".into(),
+                        service: "b".into(),
+                        port: ServicePort::Name("http".into()),
+                    },
+                    percent: 10,
+                    set_headers: BTreeMap::new(),
+                },
+            ],
+        };
+        let route = envoy_route(&plan);
+        let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+        assert_eq!(route.request_headers_to_add[0].append_action, overwrite);
+        let Some(Action::Route(action)) = route.action else {
+            panic!("a route action")
+        };
+        assert_eq!(action.timeout, Some(Duration::default()));
+        assert_eq!(
+            action.host_rewrite_specifier,
+            Some(HostRewriteSpecifier::HostRewriteLiteral(
+                "backend.internal".into()
+            ))
+        );
+        let Some(ClusterSpecifier::WeightedClusters(weighted)) = action.cluster_specifier else {
+            panic!("weighted clusters")
+        };
+        let names: Vec<_> = weighted.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["ns/a:80", "ns/b:http"]);
+        assert_eq!(
+            weighted.clusters[0].request_headers_to_add[0].append_action,
+            overwrite
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Encoded xDS resources and the snapshot of everything served, per group of Envoys.
+
+use std::fmt;
+use std::sync::Arc;
+
+use envoy_types::pb::google::protobuf::Any;
+use imbl::OrdMap;
+use prost::Message;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The resource types sluice serves, in the order that keeps traffic flowing: clusters before
+/// their endpoints, listeners before their scopes, scopes before the routes they name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum TypeUrl {
+    Cluster,
+    ClusterLoadAssignment,
+    Listener,
+    ScopedRouteConfiguration,
+    RouteConfiguration,
+    Secret,
+}
+
+impl TypeUrl {
+    pub const ALL: [TypeUrl; 6] = [
+        TypeUrl::Cluster,
+        TypeUrl::ClusterLoadAssignment,
+        TypeUrl::Listener,
+        TypeUrl::ScopedRouteConfiguration,
+        TypeUrl::RouteConfiguration,
+        TypeUrl::Secret,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TypeUrl::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            TypeUrl::ClusterLoadAssignment => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
+            TypeUrl::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            TypeUrl::ScopedRouteConfiguration => {
+                "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+            }
+            TypeUrl::RouteConfiguration => {
+                "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+            }
+            TypeUrl::Secret => {
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+            }
+        }
+    }
+
+    pub fn parse(url: &str) -> Option<TypeUrl> {
+        TypeUrl::ALL.into_iter().find(|t| t.as_str() == url)
+    }
+
+    /// Short name as operators know it (`CDS`, `EDS`, ...), used in logs and metrics.
+    pub fn short(self) -> &'static str {
+        match self {
+            TypeUrl::Cluster => "CDS",
+            TypeUrl::ClusterLoadAssignment => "EDS",
+            TypeUrl::Listener => "LDS",
+            TypeUrl::ScopedRouteConfiguration => "SRDS",
+            TypeUrl::RouteConfiguration => "RDS",
+            TypeUrl::Secret => "SDS",
+        }
+    }
+
+    /// Types whose SotW responses carry the complete set: a missing resource is deleted.
+    pub fn is_full_state(self) -> bool {
+        matches!(
+            self,
+            TypeUrl::Cluster | TypeUrl::Listener | TypeUrl::ScopedRouteConfiguration
+        )
+    }
+
+    /// Types that differ between groups of Envoys; the others are requested by name and shared.
+    pub fn is_per_group(self) -> bool {
+        matches!(self, TypeUrl::Listener | TypeUrl::ScopedRouteConfiguration)
+    }
+}
+
+impl fmt::Display for TypeUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+/// A group of Envoys that receive the same listeners, chosen by `node.metadata.role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Group {
+    /// `<ns>~knative-external-proxy`: the external listeners only.
+    External,
+    /// `<ns>~knative-internal-proxy`: the internal listeners only.
+    Internal,
+    /// Any other role: both.
+    All,
+}
+
+impl Group {
+    pub const ALL: [Group; 3] = [Group::External, Group::Internal, Group::All];
+
+    pub fn from_role(role: Option<&str>) -> Group {
+        match role.and_then(|r| r.rsplit_once('~')).map(|(_, proxy)| proxy) {
+            Some("knative-external-proxy") => Group::External,
+            Some("knative-internal-proxy") => Group::Internal,
+            _ => Group::All,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn serves_external(self) -> bool {
+        matches!(self, Group::External | Group::All)
+    }
+
+    pub fn serves_internal(self) -> bool {
+        matches!(self, Group::Internal | Group::All)
+    }
+}
+
+/// One resource, encoded once and shared by every stream that sends it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resource {
+    pub name: String,
+    /// Content hash of the encoded bytes; stable across restarts.
+    pub version: String,
+    pub digest: [u8; 32],
+    pub body: Any,
+    /// Clusters this resource routes to: a route must not reach an Envoy before these clusters.
+    pub references: Vec<String>,
+}
+
+impl Resource {
+    pub fn new<M: Message>(
+        type_url: TypeUrl,
+        name: impl Into<String>,
+        message: &M,
+        references: Vec<String>,
+    ) -> Arc<Resource> {
+        let value = message.encode_to_vec();
+        let digest: [u8; 32] = Sha256::digest(&value).into();
+        Arc::new(Resource {
+            name: name.into(),
+            version: hex::encode(&digest[..8]),
+            digest,
+            body: Any {
+                type_url: type_url.as_str().to_owned(),
+                value,
+            },
+            references,
+        })
+    }
+}
+
+pub type ResourceMap = OrdMap<String, Arc<Resource>>;
+
+/// Everything served, as persistent maps: cloning a snapshot or changing one resource is cheap,
+/// so publishing a new snapshot costs the change, not the fleet.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    shared: [ResourceMap; 6],
+    per_group: [[ResourceMap; 2]; 3],
+}
+
+/// One change to a snapshot: `resource: None` removes `name`.
+#[derive(Debug, Clone)]
+pub struct ResourceUpdate {
+    pub type_url: TypeUrl,
+    /// `None` for shared types; the groups a per-group resource belongs to otherwise.
+    pub groups: Option<Vec<Group>>,
+    pub name: String,
+    pub resource: Option<Arc<Resource>>,
+}
+
+impl Snapshot {
+    pub fn resources(&self, group: Group, type_url: TypeUrl) -> &ResourceMap {
+        match type_url {
+            TypeUrl::Listener => &self.per_group[group.index()][0],
+            TypeUrl::ScopedRouteConfiguration => &self.per_group[group.index()][1],
+            other => &self.shared[other as usize],
+        }
+    }
+
+    fn resources_mut(&mut self, group: Group, type_url: TypeUrl) -> &mut ResourceMap {
+        match type_url {
+            TypeUrl::Listener => &mut self.per_group[group.index()][0],
+            TypeUrl::ScopedRouteConfiguration => &mut self.per_group[group.index()][1],
+            other => &mut self.shared[other as usize],
+        }
+    }
+
+    pub fn apply(&mut self, updates: impl IntoIterator<Item = ResourceUpdate>) {
+        for update in updates {
+            let groups: &[Group] = match &update.groups {
+                Some(groups) => groups,
+                None => &[Group::All],
+            };
+            for &group in groups {
+                let map = self.resources_mut(group, update.type_url);
+                match &update.resource {
+                    Some(resource) => {
+                        map.insert(update.name.clone(), resource.clone());
+                    }
+                    None => {
+                        map.remove(&update.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A SotW `version_info` for a set of resources: an order-independent combination of their
+/// names and content digests, so equal sets always get equal versions.
+pub fn set_version<'a>(resources: impl IntoIterator<Item = &'a Arc<Resource>>) -> String {
+    let mut combined = [0u8; 32];
+    for resource in resources {
+        let entry: [u8; 32] = Sha256::new()
+            .chain_update(resource.name.as_bytes())
+            .chain_update([0])
+            .chain_update(resource.digest)
+            .finalize()
+            .into();
+        for (acc, byte) in combined.iter_mut().zip(entry) {
+            *acc ^= byte;
+        }
+    }
+    hex::encode(&combined[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_pick_groups() {
+        assert_eq!(
+            Group::from_role(Some("gloo-system~knative-external-proxy")),
+            Group::External
+        );
+        assert_eq!(
+            Group::from_role(Some("gloo-system~knative-internal-proxy")),
+            Group::Internal
+        );
+        assert_eq!(Group::from_role(Some("gateway")), Group::All);
+        assert_eq!(Group::from_role(None), Group::All);
+    }
+
+    #[test]
+    fn set_version_ignores_order_and_sees_content() {
+        let a = Resource::new(TypeUrl::Cluster, "a", &prost_types::Duration::default(), vec![]);
+        let b = Resource::new(
+            TypeUrl::Cluster,
+            "b",
+            &prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            },
+            vec![],
+        );
+        assert_eq!(set_version([&a, &b]), set_version([&b, &a]));
+        assert_ne!(set_version([&a, &b]), set_version([&a]));
+        assert_eq!(a.version, Resource::new(TypeUrl::Cluster, "a", &prost_types::Duration::default(), vec![]).version);
+    }
+}
