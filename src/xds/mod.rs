@@ -2,5 +2,7 @@
 //! It knows Envoy, not Knative.
 
 mod resource;
+mod stream;
 
 pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, Snapshot, TypeUrl, set_version};
+pub use stream::{Mode, Nack, RequestOutcome, Response, StreamState, TypeStatus};
