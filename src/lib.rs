@@ -1,11 +1,15 @@
 //! sluice: an Envoy control plane for Knative networking ingresses.
 //!
 //! Data flows one way: a [`source`] fills the [`world`], [`translate`] turns the world into
-//! Envoy resources, and [`xds`] serves them to Envoy over ADS. See ARCHITECTURE.md.
+//! Envoy resources, and [`xds`] serves them to Envoy over ADS; the [`engine`] wires those, and
+//! [`status`] reports back on each ingress. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod engine;
 pub mod knative;
+pub mod metrics;
 pub mod source;
+pub mod status;
 pub mod translate;
 pub mod world;
 pub mod xds;

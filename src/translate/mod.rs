@@ -41,6 +41,14 @@ pub(crate) fn pack<M: Message + Name>(message: &M) -> Any {
     }
 }
 
+/// A route configuration that serves (part of) an ingress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServedRoute {
+    pub listener: ListenerKind,
+    pub name: String,
+    pub version: String,
+}
+
 /// What translation made of one ingress, for its status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct IngressOutcome {
@@ -253,7 +261,7 @@ impl Translator {
                         TypeUrl::ScopedRouteConfiguration,
                         &scope.name,
                         &scope,
-                        Vec::new(),
+                        vec![route],
                     );
                     next.scopes
                         .insert(scope.name.clone(), (groups.to_vec(), resource));
@@ -352,6 +360,37 @@ impl Translator {
             }
         }
         outcome
+    }
+
+    /// The route configurations an ingress's served hosts use now, per listener kind, with
+    /// their versions: an Envoy that ACKed all of them serves the ingress as it is.
+    pub fn served_routes(&self, key: &IngressKey) -> Vec<ServedRoute> {
+        let outcome = self.outcome(key);
+        let mut served = Vec::new();
+        for host in &outcome.served_hosts {
+            let resources = &self.hosts[host];
+            for (kind, prefix) in [
+                (ListenerKind::External, "external/"),
+                (ListenerKind::Internal, "internal/"),
+            ] {
+                let scope = format!("{prefix}{host}");
+                let Some((_, scope)) = resources.scopes.get(&scope) else {
+                    continue;
+                };
+                let route = resources
+                    .routes
+                    .values()
+                    .find(|route| scope.references.contains(&route.name));
+                if let Some(route) = route {
+                    served.push(ServedRoute {
+                        listener: kind,
+                        name: route.name.clone(),
+                        version: route.version.clone(),
+                    });
+                }
+            }
+        }
+        served
     }
 
     /// The ingresses whose routes make up a resource, to blame them when Envoy rejects it.

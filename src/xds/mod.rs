@@ -2,7 +2,9 @@
 //! It knows Envoy, not Knative.
 
 mod resource;
+mod server;
 mod stream;
 
 pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, Snapshot, TypeUrl, set_version};
+pub use server::{AdsService, Proxy, ProxyRegistry, ProxyView, SnapshotFeed};
 pub use stream::{Mode, Nack, RequestOutcome, Response, StreamState, TypeStatus};

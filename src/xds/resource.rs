@@ -129,7 +129,8 @@ pub struct Resource {
     pub version: String,
     pub digest: [u8; 32],
     pub body: Any,
-    /// Clusters this resource routes to: a route must not reach an Envoy before these clusters.
+    /// What this resource names: the clusters of a route configuration (a route must not
+    /// reach an Envoy before them), the route configuration of a scope.
     pub references: Vec<String>,
 }
 

@@ -430,13 +430,10 @@ impl StreamState {
             .collect()
     }
 
-    /// The versions of `type_url` this Envoy has ACKed, by resource name.
-    pub fn acked(&self, type_url: TypeUrl) -> impl Iterator<Item = (&str, &str)> {
-        self.types
-            .get(&type_url)
-            .into_iter()
-            .flat_map(|state| state.acked.iter())
-            .map(|(name, held)| (name.as_str(), held.version.as_str()))
+    /// The version of a resource this Envoy has ACKed.
+    pub fn acked_version(&self, type_url: TypeUrl, name: &str) -> Option<&str> {
+        let held = self.types.get(&type_url)?.acked.get(name)?;
+        Some(&held.version)
     }
 }
 

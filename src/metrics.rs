@@ -1,0 +1,81 @@
+//! Prometheus metrics, named after Istio's where operators already alert on those.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connected_proxies: Gauge,
+    pushes: Family<TypeLabel, Counter>,
+    rejects: Family<TypeLabel, Counter>,
+    pub translation_seconds: Histogram,
+    pub resources_changed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let connected_proxies = Gauge::default();
+        registry.register(
+            "xds_connected_proxies",
+            "Envoys connected over ADS",
+            connected_proxies.clone(),
+        );
+        let pushes = Family::<TypeLabel, Counter>::default();
+        registry.register("xds_pushes", "xDS responses sent, by type", pushes.clone());
+        let rejects = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "xds_rejects",
+            "xDS responses Envoy rejected (NACK), by type",
+            rejects.clone(),
+        );
+        let translation_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "translation_seconds",
+            "Time to translate one batch of source changes into Envoy resources",
+            translation_seconds.clone(),
+        );
+        let resources_changed = Counter::default();
+        registry.register(
+            "resources_changed",
+            "Envoy resources added, changed or removed by translation",
+            resources_changed.clone(),
+        );
+        Metrics {
+            registry,
+            connected_proxies,
+            pushes,
+            rejects,
+            translation_seconds,
+            resources_changed,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_push(&self, r#type: &'static str) {
+        self.pushes.get_or_create(&TypeLabel { r#type }).inc();
+    }
+
+    pub fn record_reject(&self, r#type: &'static str) {
+        self.rejects.get_or_create(&TypeLabel { r#type }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}

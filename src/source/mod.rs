@@ -1,0 +1,3 @@
+//! Sources fill the world: today a directory of manifests.
+
+pub mod file;

@@ -1,0 +1,331 @@
+//! The ADS gRPC service: one task per Envoy stream drives a [`StreamState`] with the stream's
+//! requests and with every new snapshot.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use futures::Stream;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::xds::resource::{Group, Snapshot, TypeUrl};
+use crate::xds::stream::{Mode, RequestOutcome, Response, StreamState};
+
+/// What the server serves: `None` until the source's first full load is translated, because
+/// an empty CDS or LDS would wipe a reconnecting Envoy.
+pub type SnapshotFeed = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// One connected Envoy.
+#[derive(Debug)]
+pub struct Proxy {
+    pub node_id: String,
+    pub role: Option<String>,
+    pub mode: Mode,
+    pub connected_at: SystemTime,
+    pub state: Mutex<StreamState>,
+}
+
+impl Proxy {
+    pub fn group(&self) -> Group {
+        Group::from_role(self.role.as_deref())
+    }
+}
+
+/// Every connected Envoy, by stream; changes are announced on `changes` so that status can
+/// follow ACKs and NACKs.
+#[derive(Debug)]
+pub struct ProxyRegistry {
+    proxies: Mutex<BTreeMap<u64, Arc<Proxy>>>,
+    next_id: AtomicU64,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for ProxyRegistry {
+    fn default() -> Self {
+        ProxyRegistry {
+            proxies: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+            changes: watch::channel(0).0,
+        }
+    }
+}
+
+impl ProxyRegistry {
+    pub fn proxies(&self) -> Vec<Arc<Proxy>> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Proxy>>> {
+        self.proxies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn announce(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+}
+
+/// A view of one proxy for `/debug/proxies`.
+#[derive(Debug, Serialize)]
+pub struct ProxyView {
+    pub node_id: String,
+    pub role: Option<String>,
+    pub group: Group,
+    pub mode: Mode,
+    pub types: BTreeMap<&'static str, crate::xds::TypeStatus>,
+}
+
+impl Proxy {
+    pub fn view(&self) -> ProxyView {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        ProxyView {
+            node_id: self.node_id.clone(),
+            role: self.role.clone(),
+            group: self.group(),
+            mode: self.mode,
+            types: state
+                .status()
+                .into_iter()
+                .map(|(type_url, status)| (type_url.short(), status))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AdsService {
+    snapshots: SnapshotFeed,
+    registry: Arc<ProxyRegistry>,
+    metrics: Arc<Metrics>,
+}
+
+/// gRPC's default 4 MiB limit is hit by large delta requests and full responses.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+impl AdsService {
+    pub fn new(
+        snapshots: SnapshotFeed,
+        registry: Arc<ProxyRegistry>,
+        metrics: Arc<Metrics>,
+    ) -> AggregatedDiscoveryServiceServer<AdsService> {
+        AggregatedDiscoveryServiceServer::new(AdsService {
+            snapshots,
+            registry,
+            metrics,
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn role_of(node: &Node) -> Option<String> {
+    let field = node.metadata.as_ref()?.fields.get("role")?;
+    match &field.kind {
+        Some(Kind::StringValue(role)) => Some(role.clone()),
+        _ => None,
+    }
+}
+
+/// The two protocol variants, seen the same way by the stream loop.
+trait XdsRequest: Send + 'static {
+    fn node(&self) -> Option<&Node>;
+    fn apply(&self, state: &mut StreamState) -> RequestOutcome;
+    fn type_url(&self) -> &str;
+}
+
+impl XdsRequest for DiscoveryRequest {
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+    fn apply(&self, state: &mut StreamState) -> RequestOutcome {
+        state.on_sotw_request(self)
+    }
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+}
+
+impl XdsRequest for DeltaDiscoveryRequest {
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+    fn apply(&self, state: &mut StreamState) -> RequestOutcome {
+        state.on_delta_request(self)
+    }
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl AdsService {
+    fn open<Req: XdsRequest, Resp: Send + 'static>(
+        &self,
+        mode: Mode,
+        inbound: Streaming<Req>,
+        unwrap: fn(Response) -> Option<Resp>,
+    ) -> ResponseStream<Resp> {
+        let (tx, rx) = mpsc::channel(8);
+        let service = self.clone();
+        tokio::spawn(async move {
+            service.serve_stream(mode, inbound, tx, unwrap).await;
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    async fn serve_stream<Req: XdsRequest, Resp: Send + 'static>(
+        self,
+        mode: Mode,
+        mut inbound: Streaming<Req>,
+        tx: mpsc::Sender<Result<Resp, Status>>,
+        unwrap: fn(Response) -> Option<Resp>,
+    ) {
+        // The first request names the node; nothing is served to a stream before it.
+        let first = match inbound.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => return,
+            Err(status) => {
+                tracing::debug!(%status, "xDS stream ended before its first request");
+                return;
+            }
+        };
+        let node = first.node().cloned().unwrap_or_default();
+        let role = role_of(&node);
+        let proxy = Arc::new(Proxy {
+            node_id: node.id.clone(),
+            state: Mutex::new(StreamState::new(mode, Group::from_role(role.as_deref()))),
+            role,
+            mode,
+            connected_at: SystemTime::now(),
+        });
+        let id = self.registry.next_id.fetch_add(1, Ordering::Relaxed);
+        self.registry.lock().insert(id, proxy.clone());
+        self.metrics.connected_proxies.inc();
+        tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
+
+        let mut snapshots = self.snapshots.clone();
+        let mut pending = Some(first);
+        'stream: loop {
+            if let Some(request) = pending.take() {
+                self.handle_request(&proxy, &request);
+            }
+            let snapshot = snapshots.borrow_and_update().clone();
+            if let Some(snapshot) = snapshot {
+                let responses = proxy
+                    .state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .poll(&snapshot);
+                for response in responses {
+                    self.count_push(&response);
+                    let Some(response) = unwrap(response) else {
+                        continue;
+                    };
+                    if tx.send(Ok(response)).await.is_err() {
+                        break 'stream;
+                    }
+                }
+            }
+            self.registry.announce();
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => pending = Some(request),
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(node = %proxy.node_id, %status, "xDS stream failed");
+                        break;
+                    }
+                },
+                changed = snapshots.changed() => if changed.is_err() { break },
+            }
+        }
+        self.registry.lock().remove(&id);
+        self.registry.announce();
+        self.metrics.connected_proxies.dec();
+        tracing::info!(node = %proxy.node_id, "Envoy disconnected");
+    }
+
+    fn handle_request(&self, proxy: &Proxy, request: &impl XdsRequest) {
+        let outcome = request.apply(&mut proxy.state.lock().unwrap_or_else(|p| p.into_inner()));
+        match outcome {
+            RequestOutcome::Nacked(nack) => {
+                let type_url = TypeUrl::parse(request.type_url()).map(TypeUrl::short);
+                self.metrics.record_reject(type_url.unwrap_or("unknown"));
+                tracing::warn!(
+                    node = %proxy.node_id,
+                    r#type = type_url.unwrap_or("unknown"),
+                    version = %nack.version,
+                    resources = ?nack.resources,
+                    error = %nack.message,
+                    "Envoy rejected config (NACK); it keeps its previous version and the rejected one is not sent again"
+                );
+            }
+            RequestOutcome::UnknownType(type_url) => {
+                tracing::debug!(node = %proxy.node_id, %type_url, "request for a type sluice does not serve");
+            }
+            RequestOutcome::StaleNonce | RequestOutcome::Subscribed | RequestOutcome::Acked => {}
+        }
+    }
+
+    fn count_push(&self, response: &Response) {
+        let type_url = match response {
+            Response::Sotw(r) => &r.type_url,
+            Response::Delta(r) => &r.type_url,
+        };
+        if let Some(type_url) = TypeUrl::parse(type_url) {
+            self.metrics.record_push(type_url.short());
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(tonic::Response::new(self.open(
+            Mode::StateOfTheWorld,
+            request.into_inner(),
+            |response| match response {
+                Response::Sotw(response) => Some(response),
+                Response::Delta(_) => None,
+            },
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(tonic::Response::new(self.open(
+            Mode::Delta,
+            request.into_inner(),
+            |response| match response {
+                Response::Delta(response) => Some(response),
+                Response::Sotw(_) => None,
+            },
+        )))
+    }
+}
