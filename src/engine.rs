@@ -67,7 +67,8 @@ impl Engine {
         }
         self.snapshot.apply(updates);
         if complete || self.publisher.borrow().is_some() {
-            self.publisher.send_replace(Some(Arc::new(self.snapshot.clone())));
+            self.publisher
+                .send_replace(Some(Arc::new(self.snapshot.clone())));
         }
         report
     }

@@ -94,7 +94,9 @@ pub struct IngressTls {
     pub secret_namespace: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Visibility {
     #[default]
     ExternalIP,
@@ -217,9 +219,7 @@ pub enum ValidationError {
         "spec.rules[{rule}].http.paths[{path}].splits: percents sum to {sum}, they must sum to 100"
     )]
     PercentSum { rule: usize, path: usize, sum: u32 },
-    #[error(
-        "spec.rules[{rule}].http.paths[{path}].splits[{split}].{field}: a value is required"
-    )]
+    #[error("spec.rules[{rule}].http.paths[{path}].splits[{split}].{field}: a value is required")]
     MissingBackendField {
         rule: usize,
         path: usize,
@@ -285,7 +285,11 @@ impl Ingress {
             if rule.hosts.is_empty() || rule.hosts.iter().any(String::is_empty) {
                 errors.push(ValidationError::NoHosts { rule: r });
             }
-            let paths = rule.http.as_ref().map(|h| h.paths.as_slice()).unwrap_or_default();
+            let paths = rule
+                .http
+                .as_ref()
+                .map(|h| h.paths.as_slice())
+                .unwrap_or_default();
             if paths.is_empty() {
                 errors.push(ValidationError::NoPaths { rule: r });
             }
@@ -525,7 +529,10 @@ spec:
         splits: [{serviceName: a, servicePort: h2c}]
 "#,
         );
-        assert_eq!(ingress.ingress_class(), Some("sluice.ingress.networking.knative.dev"));
+        assert_eq!(
+            ingress.ingress_class(),
+            Some("sluice.ingress.networking.knative.dev")
+        );
         let split = &ingress.spec.rules[0].http.as_ref().unwrap().paths[0].splits[0];
         assert_eq!(split.service_port, ServicePort::Name("h2c".into()));
         assert_eq!(ingress.validate(), Ok(()));

@@ -5,6 +5,8 @@
 //! [`status`] reports back on each ingress. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod bootstrap;
 pub mod engine;
 pub mod knative;
 pub mod metrics;

@@ -94,7 +94,10 @@ fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy
     let mut converged = 0;
     for proxy in proxies {
         let group = proxy.group();
-        let wanted: Vec<_> = routes.iter().filter(|r| serves(group, r.listener)).collect();
+        let wanted: Vec<_> = routes
+            .iter()
+            .filter(|r| serves(group, r.listener))
+            .collect();
         if wanted.is_empty() {
             continue;
         }
@@ -211,9 +214,11 @@ pub fn view(
             .iter()
             .any(|r| r.visibility.unwrap_or_default() == visibility)
     };
-    let balancer_for = |name: &str| vec![LoadBalancer {
-        domain_internal: name.to_owned(),
-    }];
+    let balancer_for = |name: &str| {
+        vec![LoadBalancer {
+            domain_internal: name.to_owned(),
+        }]
+    };
     IngressView {
         namespace: key.namespace.clone(),
         name: key.name.clone(),

@@ -203,7 +203,10 @@ impl World {
                 }
             }
             (Object::EndpointSlice(slice), ObjectKey::EndpointSlice(key)) => {
-                let old_service = self.endpoint_slices.get(&key).and_then(|s| slice_service(s));
+                let old_service = self
+                    .endpoint_slices
+                    .get(&key)
+                    .and_then(|s| slice_service(s));
                 let new_service = slice_service(&slice);
                 if replace(&mut self.endpoint_slices, key.clone(), *slice) {
                     self.index_slice(&key, old_service, new_service.clone(), changes);
@@ -382,7 +385,10 @@ spec:
         let changes = world.apply([SourceEvent::Upsert(ingress("a", CLASS, 50))]);
         assert_eq!(changes.ingresses, BTreeSet::from([key("a")]));
         let entry = &world.ingresses[&key("a")];
-        assert!(matches!(entry.problem, Some(IngressProblem::Invalid { .. })));
+        assert!(matches!(
+            entry.problem,
+            Some(IngressProblem::Invalid { .. })
+        ));
         let served = entry.served.as_ref().expect("last valid version kept");
         let split = &served.spec.rules[0].http.as_ref().unwrap().paths[0].splits[0];
         assert_eq!(split.percent, Some(100));
@@ -405,8 +411,16 @@ spec:
     #[test]
     fn identical_upsert_is_no_change() {
         let mut world = World::new(CLASS);
-        assert!(!world.apply([SourceEvent::Upsert(ingress("a", CLASS, 100))]).is_empty());
-        assert!(world.apply([SourceEvent::Upsert(ingress("a", CLASS, 100))]).is_empty());
+        assert!(
+            !world
+                .apply([SourceEvent::Upsert(ingress("a", CLASS, 100))])
+                .is_empty()
+        );
+        assert!(
+            world
+                .apply([SourceEvent::Upsert(ingress("a", CLASS, 100))])
+                .is_empty()
+        );
     }
 
     #[test]
@@ -415,15 +429,22 @@ spec:
         let mut slice = EndpointSlice::default();
         slice.metadata.name = Some("hello-abc".into());
         slice.metadata.namespace = Some("default".into());
-        slice.metadata.labels = Some([(SERVICE_NAME_LABEL.to_string(), "hello".to_string())].into());
+        slice.metadata.labels =
+            Some([(SERVICE_NAME_LABEL.to_string(), "hello".to_string())].into());
         let changes = world.apply([SourceEvent::Upsert(Object::EndpointSlice(Box::new(slice)))]);
-        assert_eq!(changes.endpoints, BTreeSet::from([NsName::new("default", "hello")]));
+        assert_eq!(
+            changes.endpoints,
+            BTreeSet::from([NsName::new("default", "hello")])
+        );
         assert_eq!(world.slices_of(&NsName::new("default", "hello")).count(), 1);
         let changes = world.apply([SourceEvent::Delete(ObjectKey::EndpointSlice(NsName::new(
             "default",
             "hello-abc",
         )))]);
-        assert_eq!(changes.endpoints, BTreeSet::from([NsName::new("default", "hello")]));
+        assert_eq!(
+            changes.endpoints,
+            BTreeSet::from([NsName::new("default", "hello")])
+        );
         assert_eq!(world.slices_of(&NsName::new("default", "hello")).count(), 0);
     }
 }

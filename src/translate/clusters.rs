@@ -7,12 +7,12 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
     cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, EdsClusterConfig},
 };
+use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, Http2ProtocolOptions, SocketAddress,
     address::Address as AddressKind, config_source::ConfigSourceSpecifier,
     socket_address::PortSpecifier,
 };
-use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
@@ -133,9 +133,8 @@ pub fn backend(key: &ClusterKey, world: &World) -> Backend {
     {
         let external_name = spec.external_name.clone().unwrap_or_default();
         let addresses = BTreeSet::from([(external_name, port.port as u32)]);
-        cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
-            DiscoveryType::StrictDns as i32,
-        ));
+        cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
         cluster.dns_lookup_family = DnsLookupFamily::V4Preferred as i32;
         cluster.load_assignment = Some(load_assignment(&name, &addresses));
         return Backend {

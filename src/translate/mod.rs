@@ -195,7 +195,12 @@ impl Translator {
     fn decide_host(&self, host: &str) -> Option<(IngressKey, BTreeSet<IngressKey>)> {
         let claimants = self.claims.get(host)?;
         let mut ordered: Vec<&IngressKey> = claimants.iter().collect();
-        ordered.sort_by_key(|key| (self.plans[*key].created.is_none(), &self.plans[*key].created));
+        ordered.sort_by_key(|key| {
+            (
+                self.plans[*key].created.is_none(),
+                &self.plans[*key].created,
+            )
+        });
         let winner = ordered[0].clone();
         let routes = &self.plans[&winner].hosts[host];
         let losers = ordered[1..]
@@ -234,13 +239,17 @@ impl Translator {
             };
             let mut add_route = |name: String, plans: &[routes::RoutePlan]| {
                 let config = routes::route_configuration(&name, host, plans);
-                let resource =
-                    Resource::new(TypeUrl::RouteConfiguration, &name, &config, references(plans));
+                let resource = Resource::new(
+                    TypeUrl::RouteConfiguration,
+                    &name,
+                    &config,
+                    references(plans),
+                );
                 next.routes.insert(name.clone(), resource);
                 name
             };
-            let internal_route =
-                (!planned.internal.is_empty()).then(|| add_route(host.to_owned(), &planned.internal));
+            let internal_route = (!planned.internal.is_empty())
+                .then(|| add_route(host.to_owned(), &planned.internal));
             let external_route = if planned.external.is_empty() {
                 None
             } else if planned.external == planned.internal {
@@ -252,8 +261,16 @@ impl Translator {
                 ))
             };
             for (kind, route, groups) in [
-                (ListenerKind::External, external_route, [Group::External, Group::All]),
-                (ListenerKind::Internal, internal_route, [Group::Internal, Group::All]),
+                (
+                    ListenerKind::External,
+                    external_route,
+                    [Group::External, Group::All],
+                ),
+                (
+                    ListenerKind::Internal,
+                    internal_route,
+                    [Group::Internal, Group::All],
+                ),
             ] {
                 if let Some(route) = route {
                     let scope = routes::scoped_route(kind, host, &route);
@@ -444,7 +461,10 @@ fn diff_routes(
     new: &BTreeMap<String, Arc<Resource>>,
     out: &mut Vec<ResourceUpdate>,
 ) {
-    for name in old.keys().chain(new.keys().filter(|n| !old.contains_key(*n))) {
+    for name in old
+        .keys()
+        .chain(new.keys().filter(|n| !old.contains_key(*n)))
+    {
         diff_one(
             TypeUrl::RouteConfiguration,
             name,
@@ -460,7 +480,10 @@ fn diff_scopes(
     new: &BTreeMap<String, (Vec<Group>, Arc<Resource>)>,
     out: &mut Vec<ResourceUpdate>,
 ) {
-    for name in old.keys().chain(new.keys().filter(|n| !old.contains_key(*n))) {
+    for name in old
+        .keys()
+        .chain(new.keys().filter(|n| !old.contains_key(*n)))
+    {
         let (before, after) = (old.get(name), new.get(name));
         if before.map(|(_, r)| r.digest) == after.map(|(_, r)| r.digest) {
             continue;

@@ -8,7 +8,9 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration,
-    VirtualHost, WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
+    VirtualHost, WeightedCluster,
+    header_matcher::HeaderMatchSpecifier,
+    route::Action,
     route_action::{ClusterSpecifier, HostRewriteSpecifier},
     route_match::PathSpecifier,
     scoped_route_configuration::{Key, key::Fragment, key::fragment::Type as FragmentType},

@@ -101,7 +101,10 @@ impl Group {
     pub const ALL: [Group; 3] = [Group::External, Group::Internal, Group::All];
 
     pub fn from_role(role: Option<&str>) -> Group {
-        match role.and_then(|r| r.rsplit_once('~')).map(|(_, proxy)| proxy) {
+        match role
+            .and_then(|r| r.rsplit_once('~'))
+            .map(|(_, proxy)| proxy)
+        {
             Some("knative-external-proxy") => Group::External,
             Some("knative-internal-proxy") => Group::Internal,
             _ => Group::All,
@@ -252,7 +255,12 @@ mod tests {
 
     #[test]
     fn set_version_ignores_order_and_sees_content() {
-        let a = Resource::new(TypeUrl::Cluster, "a", &prost_types::Duration::default(), vec![]);
+        let a = Resource::new(
+            TypeUrl::Cluster,
+            "a",
+            &prost_types::Duration::default(),
+            vec![],
+        );
         let b = Resource::new(
             TypeUrl::Cluster,
             "b",
@@ -264,6 +272,15 @@ mod tests {
         );
         assert_eq!(set_version([&a, &b]), set_version([&b, &a]));
         assert_ne!(set_version([&a, &b]), set_version([&a]));
-        assert_eq!(a.version, Resource::new(TypeUrl::Cluster, "a", &prost_types::Duration::default(), vec![]).version);
+        assert_eq!(
+            a.version,
+            Resource::new(
+                TypeUrl::Cluster,
+                "a",
+                &prost_types::Duration::default(),
+                vec![]
+            )
+            .version
+        );
     }
 }

@@ -74,7 +74,9 @@ impl ProxyRegistry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Proxy>>> {
-        self.proxies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.proxies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn announce(&self) {

@@ -247,9 +247,10 @@ impl StreamState {
             self.types.get(&type_url).is_some_and(|state| {
                 state.acked.contains_key(name)
                     && !state.force.contains(name)
-                    && state.in_flight.as_ref().is_none_or(|f| {
-                        f.changes.iter().all(|(changed, _)| changed != name)
-                    })
+                    && state
+                        .in_flight
+                        .as_ref()
+                        .is_none_or(|f| f.changes.iter().all(|(changed, _)| changed != name))
             })
         };
         let endpoints = snapshot.resources(self.group, TypeUrl::ClusterLoadAssignment);
@@ -282,8 +283,7 @@ impl StreamState {
                     if desired.contains_key(name) {
                         continue;
                     }
-                    if let Some(resource) = state.sent.get(name).and_then(|h| h.resource.clone())
-                    {
+                    if let Some(resource) = state.sent.get(name).and_then(|h| h.resource.clone()) {
                         desired.insert(name.to_owned(), resource);
                     }
                 }
@@ -329,7 +329,10 @@ impl StreamState {
         let removed: Vec<String> = state
             .sent
             .keys()
-            .filter(|name| !desired.contains_key(*name) && (type_url.is_full_state() || !state.subscribed(name)))
+            .filter(|name| {
+                !desired.contains_key(*name)
+                    && (type_url.is_full_state() || !state.subscribed(name))
+            })
             .cloned()
             .collect();
         // Envoy waits for the first LDS and CDS (and SRDS) answer before it starts serving, so
@@ -405,7 +408,10 @@ impl StreamState {
     /// Envoy keeps a new or changed cluster warming until its endpoints arrive, even unchanged
     /// ones, so the endpoints of every cluster that changed go out again.
     fn refresh_endpoints_of(&mut self, clusters: &[Arc<Resource>]) {
-        let endpoints = self.types.entry(TypeUrl::ClusterLoadAssignment).or_default();
+        let endpoints = self
+            .types
+            .entry(TypeUrl::ClusterLoadAssignment)
+            .or_default();
         for cluster in clusters {
             if endpoints.subscribed(&cluster.name) || endpoints.sent.contains_key(&cluster.name) {
                 endpoints.force.insert(cluster.name.clone());
@@ -518,13 +524,21 @@ mod tests {
     /// A snapshot with cluster `a` (and its endpoints) and route `r` naming it.
     fn base() -> Snapshot {
         let mut snapshot = Snapshot::default();
-        put(&mut snapshot, resource(TypeUrl::Cluster, "a", 1, &[]), TypeUrl::Cluster);
+        put(
+            &mut snapshot,
+            resource(TypeUrl::Cluster, "a", 1, &[]),
+            TypeUrl::Cluster,
+        );
         put(
             &mut snapshot,
             resource(TypeUrl::ClusterLoadAssignment, "a", 1, &[]),
             TypeUrl::ClusterLoadAssignment,
         );
-        put(&mut snapshot, resource(TypeUrl::Listener, "l", 1, &[]), TypeUrl::Listener);
+        put(
+            &mut snapshot,
+            resource(TypeUrl::Listener, "l", 1, &[]),
+            TypeUrl::Listener,
+        );
         put(
             &mut snapshot,
             resource(TypeUrl::RouteConfiguration, "r", 1, &["a"]),
@@ -567,7 +581,12 @@ mod tests {
     fn short(responses: &[DiscoveryResponse]) -> Vec<(&'static str, usize)> {
         responses
             .iter()
-            .map(|r| (TypeUrl::parse(&r.type_url).unwrap().short(), r.resources.len()))
+            .map(|r| {
+                (
+                    TypeUrl::parse(&r.type_url).unwrap().short(),
+                    r.resources.len(),
+                )
+            })
             .collect()
     }
 
@@ -586,7 +605,11 @@ mod tests {
         assert!(stream.poll(&snapshot).is_empty(), "nothing changed");
 
         let mut changed = snapshot.clone();
-        put(&mut changed, resource(TypeUrl::Cluster, "b", 1, &[]), TypeUrl::Cluster);
+        put(
+            &mut changed,
+            resource(TypeUrl::Cluster, "b", 1, &[]),
+            TypeUrl::Cluster,
+        );
         let second = sotw_responses(stream.poll(&changed));
         assert_eq!(short(&second), [("CDS", 2)], "CDS is sent whole");
         assert_ne!(second[0].version_info, first[0].version_info);
@@ -611,13 +634,20 @@ mod tests {
         };
         assert_eq!(recorded.message, "bad listener");
         assert_eq!(recorded.resources, ["l"]);
-        assert!(stream.poll(&snapshot).is_empty(), "no re-send of the rejected version");
+        assert!(
+            stream.poll(&snapshot).is_empty(),
+            "no re-send of the rejected version"
+        );
         let status = &stream.status()[&TypeUrl::Listener];
         assert_eq!(status.acked_version, "");
         assert!(status.last_nack.is_some());
 
         let mut fixed = snapshot.clone();
-        put(&mut fixed, resource(TypeUrl::Listener, "l", 2, &[]), TypeUrl::Listener);
+        put(
+            &mut fixed,
+            resource(TypeUrl::Listener, "l", 2, &[]),
+            TypeUrl::Listener,
+        );
         assert_eq!(short(&sotw_responses(stream.poll(&fixed))), [("LDS", 1)]);
     }
 
@@ -630,7 +660,10 @@ mod tests {
         let cds = sotw_responses(stream.poll(&snapshot));
         assert_eq!(short(&cds), [("CDS", 1)], "no route before its cluster");
         ack(&mut stream, &cds[0], &[]);
-        assert!(stream.poll(&snapshot).is_empty(), "no route before the endpoints");
+        assert!(
+            stream.poll(&snapshot).is_empty(),
+            "no route before the endpoints"
+        );
         stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a"], "", ""));
         let eds = sotw_responses(stream.poll(&snapshot));
         assert_eq!(short(&eds), [("EDS", 1)]);
@@ -665,7 +698,11 @@ mod tests {
         let mut next = snapshot.clone();
         remove(&mut next, TypeUrl::Cluster, "a");
         remove(&mut next, TypeUrl::ClusterLoadAssignment, "a");
-        put(&mut next, resource(TypeUrl::Cluster, "b", 1, &[]), TypeUrl::Cluster);
+        put(
+            &mut next,
+            resource(TypeUrl::Cluster, "b", 1, &[]),
+            TypeUrl::Cluster,
+        );
         put(
             &mut next,
             resource(TypeUrl::ClusterLoadAssignment, "b", 1, &[]),
@@ -695,7 +732,11 @@ mod tests {
         let snapshot = base();
         let mut stream = converged(&snapshot);
         let mut next = snapshot.clone();
-        put(&mut next, resource(TypeUrl::Cluster, "a", 2, &[]), TypeUrl::Cluster);
+        put(
+            &mut next,
+            resource(TypeUrl::Cluster, "a", 2, &[]),
+            TypeUrl::Cluster,
+        );
         let responses = sotw_responses(stream.poll(&next));
         assert_eq!(short(&responses), [("CDS", 1), ("EDS", 1)]);
     }
@@ -748,12 +789,19 @@ mod tests {
     #[test]
     fn delta_reconnect_sends_only_what_the_client_lacks_and_removes_what_is_gone() {
         let mut snapshot = base();
-        put(&mut snapshot, resource(TypeUrl::Cluster, "b", 1, &[]), TypeUrl::Cluster);
+        put(
+            &mut snapshot,
+            resource(TypeUrl::Cluster, "b", 1, &[]),
+            TypeUrl::Cluster,
+        );
         let a = snapshot.resources(Group::All, TypeUrl::Cluster)["a"].clone();
         let mut stream = StreamState::new(Mode::Delta, Group::All);
         let mut request = delta(TypeUrl::Cluster, &[], &[], "");
-        request.initial_resource_versions =
-            [("a".to_string(), a.version.clone()), ("gone".to_string(), "v0".to_string())].into();
+        request.initial_resource_versions = [
+            ("a".to_string(), a.version.clone()),
+            ("gone".to_string(), "v0".to_string()),
+        ]
+        .into();
         stream.on_delta_request(&request);
         let responses = delta_responses(stream.poll(&snapshot));
         assert_eq!(responses.len(), 1);

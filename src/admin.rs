@@ -1,0 +1,198 @@
+//! The admin address: health, readiness, metrics and debug views over HTTP, and sluice's gRPC
+//! admin API (proto/sluice/admin/v1) on the same port.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::status::{Condition, IngressStatus, IngressView, LoadBalancer};
+use crate::xds::{Group, ProxyRegistry, ProxyView, TypeUrl};
+
+pub mod api {
+    tonic::include_proto!("sluice.admin.v1");
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub engine: Arc<Mutex<Engine>>,
+    pub registry: Arc<ProxyRegistry>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AdminState {
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn ingresses(&self) -> Vec<IngressView> {
+        let proxies = self.registry.proxies();
+        self.engine().ingresses(&proxies)
+    }
+}
+
+/// The HTTP endpoints and the gRPC admin API, as one router.
+pub fn router(state: AdminState) -> Router {
+    let grpc = tonic::service::Routes::new(api::admin_server::AdminServer::new(state.clone()))
+        .into_axum_router();
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/config", get(debug_config))
+        .route("/debug/proxies", get(debug_proxies))
+        .with_state(state)
+        .merge(grpc)
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.engine().ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first full load of the source is not translated yet\n",
+        )
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+#[derive(Serialize)]
+struct ResourceSummary {
+    version: String,
+    bytes: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    references: Vec<String>,
+}
+
+/// The served resources: shared types once, per-group types per group.
+async fn debug_config(State(state): State<AdminState>) -> impl IntoResponse {
+    let engine = state.engine();
+    let snapshot = engine.snapshot();
+    let summarize = |group: Group, type_url: TypeUrl| -> BTreeMap<String, ResourceSummary> {
+        snapshot
+            .resources(group, type_url)
+            .iter()
+            .map(|(name, resource)| {
+                (
+                    name.clone(),
+                    ResourceSummary {
+                        version: resource.version.clone(),
+                        bytes: resource.body.value.len(),
+                        references: resource.references.clone(),
+                    },
+                )
+            })
+            .collect()
+    };
+    let mut shared = BTreeMap::new();
+    let mut groups: BTreeMap<String, BTreeMap<&str, _>> = BTreeMap::new();
+    for type_url in TypeUrl::ALL {
+        if type_url.is_per_group() {
+            for group in Group::ALL {
+                groups
+                    .entry(format!("{group:?}"))
+                    .or_default()
+                    .insert(type_url.short(), summarize(group, type_url));
+            }
+        } else {
+            shared.insert(type_url.short(), summarize(Group::All, type_url));
+        }
+    }
+    Json(serde_json::json!({ "ready": engine.ready(), "shared": shared, "groups": groups }))
+}
+
+async fn debug_proxies(State(state): State<AdminState>) -> Json<Vec<ProxyView>> {
+    Json(state.registry.proxies().iter().map(|p| p.view()).collect())
+}
+
+#[tonic::async_trait]
+impl api::admin_server::Admin for AdminState {
+    async fn list_ingresses(
+        &self,
+        _request: tonic::Request<api::ListIngressesRequest>,
+    ) -> Result<tonic::Response<api::ListIngressesResponse>, tonic::Status> {
+        let ingresses = self
+            .ingresses()
+            .into_iter()
+            .map(api::Ingress::from)
+            .collect();
+        Ok(tonic::Response::new(api::ListIngressesResponse {
+            ingresses,
+        }))
+    }
+}
+
+impl From<IngressView> for api::Ingress {
+    fn from(view: IngressView) -> Self {
+        let domains = |balancers: Vec<LoadBalancer>| {
+            balancers.into_iter().map(|b| b.domain_internal).collect()
+        };
+        api::Ingress {
+            namespace: view.namespace,
+            name: view.name,
+            kind: view.kind,
+            owned: view.owned,
+            conditions: view
+                .status
+                .conditions
+                .into_iter()
+                .map(|c| api::Condition {
+                    r#type: c.kind,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                })
+                .collect(),
+            public_load_balancers: domains(view.status.public_load_balancer),
+            private_load_balancers: domains(view.status.private_load_balancer),
+        }
+    }
+}
+
+impl From<api::Ingress> for IngressView {
+    fn from(ingress: api::Ingress) -> Self {
+        let balancers = |domains: Vec<String>| {
+            domains
+                .into_iter()
+                .map(|domain_internal| LoadBalancer { domain_internal })
+                .collect()
+        };
+        IngressView {
+            namespace: ingress.namespace,
+            name: ingress.name,
+            kind: ingress.kind,
+            owned: ingress.owned,
+            status: IngressStatus {
+                conditions: ingress
+                    .conditions
+                    .into_iter()
+                    .map(|c| Condition {
+                        kind: c.r#type,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                    })
+                    .collect(),
+                public_load_balancer: balancers(ingress.public_load_balancers),
+                private_load_balancer: balancers(ingress.private_load_balancers),
+            },
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The Envoy bootstrap that points a stock Envoy at sluice: ADS over gRPC, LDS and CDS from ADS.
+
+use std::fmt::Write;
+
+/// What goes into a bootstrap.
+#[derive(Debug, Clone)]
+pub struct BootstrapConfig {
+    /// `host:port` of sluice's xDS server.
+    pub xds_addr: String,
+    pub node_id: String,
+    /// `node.metadata.role`, e.g. `gloo-system~knative-external-proxy`.
+    pub role: Option<String>,
+    /// `host:port` of Envoy's own admin interface.
+    pub admin_addr: String,
+    /// Delta (incremental) xDS instead of state-of-the-world.
+    pub delta: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("{what} {value:?} is not HOST:PORT (for example 127.0.0.1:9977)")]
+    BadAddress { what: &'static str, value: String },
+}
+
+fn split_addr(what: &'static str, value: &str) -> Result<(String, u16), BootstrapError> {
+    let bad = || BootstrapError::BadAddress {
+        what,
+        value: value.to_owned(),
+    };
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// YAML double-quoted scalar: JSON string syntax is valid YAML.
+fn quoted(value: &str) -> String {
+    serde_json::Value::String(value.to_owned()).to_string()
+}
+
+/// Renders the bootstrap as YAML.
+pub fn render(config: &BootstrapConfig) -> Result<String, BootstrapError> {
+    let (xds_host, xds_port) = split_addr("--xds-addr", &config.xds_addr)?;
+    let (admin_host, admin_port) = split_addr("--admin-addr", &config.admin_addr)?;
+    let api_type = if config.delta { "DELTA_GRPC" } else { "GRPC" };
+    let discovery = if xds_host.parse::<std::net::IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    let mut yaml = String::new();
+    let _ = writeln!(yaml, "node:");
+    let _ = writeln!(yaml, "  id: {}", quoted(&config.node_id));
+    let _ = writeln!(yaml, "  cluster: sluice");
+    if let Some(role) = &config.role {
+        let _ = writeln!(yaml, "  metadata:\n    role: {}", quoted(role));
+    }
+    let _ = write!(
+        yaml,
+        r#"admin:
+  address:
+    socket_address: {{address: {admin_host}, port_value: {admin_port}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{cluster_name: sluice-xds}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: sluice-xds
+    type: {discovery}
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options:
+            connection_keepalive: {{interval: 30s, timeout: 5s}}
+    load_assignment:
+      cluster_name: sluice-xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: {xds_host}, port_value: {xds_port}}}
+"#
+    );
+    Ok(yaml)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(delta: bool) -> BootstrapConfig {
+        BootstrapConfig {
+            xds_addr: "127.0.0.1:9977".into(),
+            node_id: "envoy-1".into(),
+            role: Some("gloo-system~knative-external-proxy".into()),
+            admin_addr: "127.0.0.1:19000".into(),
+            delta,
+        }
+    }
+
+    #[test]
+    fn bootstrap_is_yaml_with_ads_and_the_role() {
+        let yaml = render(&config(false)).unwrap();
+        let parsed: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(
+            parsed["node"]["metadata"]["role"],
+            "gloo-system~knative-external-proxy"
+        );
+        assert_eq!(
+            parsed["dynamic_resources"]["ads_config"]["api_type"],
+            "GRPC"
+        );
+        let endpoint = &parsed["static_resources"]["clusters"][0]["load_assignment"]["endpoints"]
+            [0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+        assert_eq!(endpoint["port_value"], 9977);
+        let delta: serde_json::Value =
+            serde_saphyr::from_str(&render(&config(true)).unwrap()).unwrap();
+        assert_eq!(
+            delta["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+    }
+
+    #[test]
+    fn a_bad_address_is_named() {
+        let error = render(&BootstrapConfig {
+            xds_addr: "localhost".into(),
+            ..config(false)
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("--xds-addr \"localhost\""));
+    }
+}
