@@ -62,7 +62,7 @@ const DEFAULT_NAMESPACE: &str = "default";
 /// Knative's API version, under [`knative::API_GROUP`].
 const KNATIVE_VERSION: &str = "v1alpha1";
 /// An editor's save is several events; once this long passes without one, the save is done.
-const QUIET_PERIOD: Duration = Duration::from_millis(15);
+const QUIET_PERIOD: Duration = Duration::from_millis(3);
 /// A steady stream of writes must still be served eventually.
 const MAX_DELAY: Duration = Duration::from_millis(500);
 /// Batches waiting for a slow consumer; beyond that the watcher waits, and changes pile up as

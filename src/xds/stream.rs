@@ -90,6 +90,8 @@ struct TypeState {
     acked_version: String,
     /// Must be sent even if unchanged (delta subscribe, endpoints of a changed cluster).
     force: BTreeSet<String>,
+    /// The nonce of the last response sent: a SotW request naming any other is stale.
+    last_nonce: String,
     in_flight: Option<InFlight>,
     last_nack: Option<Nack>,
 }
@@ -138,11 +140,13 @@ impl StreamState {
         let state = self.types.entry(type_url).or_default();
         let mut outcome = RequestOutcome::Subscribed;
         if !request.response_nonce.is_empty() {
-            match &state.in_flight {
-                Some(in_flight) if in_flight.nonce == request.response_nonce => {
-                    outcome = settle(state, request.error_detail.as_ref().map(|s| &s.message));
-                }
-                _ => return RequestOutcome::StaleNonce,
+            if request.response_nonce != state.last_nonce {
+                return RequestOutcome::StaleNonce;
+            }
+            // The first request naming a response settles it; later ones with the same nonce
+            // only change the subscription.
+            if state.in_flight.is_some() {
+                outcome = settle(state, request.error_detail.as_ref().map(|s| &s.message));
             }
         }
         let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
@@ -372,6 +376,7 @@ impl StreamState {
         }
         state.open_request = false;
         state.answered = true;
+        state.last_nonce = nonce.clone();
         state.in_flight = Some(InFlight {
             nonce: nonce.clone(),
             version: version.clone(),
@@ -613,6 +618,33 @@ mod tests {
         let second = sotw_responses(stream.poll(&changed));
         assert_eq!(short(&second), [("CDS", 2)], "CDS is sent whole");
         assert_ne!(second[0].version_info, first[0].version_info);
+    }
+
+    #[test]
+    fn a_request_after_the_ack_with_the_same_nonce_changes_the_subscription() {
+        let snapshot = base();
+        let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
+        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &[], "", ""));
+        let mut next = snapshot.clone();
+        stream.poll(&next);
+        put(
+            &mut next,
+            resource(TypeUrl::ClusterLoadAssignment, "b", 1, &[]),
+            TypeUrl::ClusterLoadAssignment,
+        );
+        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a"], "", ""));
+        let first = sotw_responses(stream.poll(&next));
+        assert_eq!(short(&first), [("EDS", 1)]);
+        ack(&mut stream, &first[0], &["a"]);
+        // Envoy learns of cluster b and asks for its endpoints, echoing the last nonce.
+        let outcome = stream.on_sotw_request(&sotw(
+            TypeUrl::ClusterLoadAssignment,
+            &["a", "b"],
+            &first[0].version_info,
+            &first[0].nonce,
+        ));
+        assert_eq!(outcome, RequestOutcome::Subscribed);
+        assert_eq!(short(&sotw_responses(stream.poll(&next))), [("EDS", 1)]);
     }
 
     #[test]
