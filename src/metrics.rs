@@ -19,6 +19,7 @@ pub struct Metrics {
     pushes: Family<TypeLabel, Counter>,
     rejects: Family<TypeLabel, Counter>,
     pub translation_seconds: Histogram,
+    pub push_seconds: Histogram,
     pub resources_changed: Counter,
 }
 
@@ -45,6 +46,12 @@ impl Default for Metrics {
             "Time to translate one batch of source changes into Envoy resources",
             translation_seconds.clone(),
         );
+        let push_seconds = Histogram::new(exponential_buckets(0.000_01, 2.0, 20));
+        registry.register(
+            "xds_push_seconds",
+            "Time to work out one Envoy's responses to a new snapshot or request",
+            push_seconds.clone(),
+        );
         let resources_changed = Counter::default();
         registry.register(
             "resources_changed",
@@ -57,6 +64,7 @@ impl Default for Metrics {
             pushes,
             rejects,
             translation_seconds,
+            push_seconds,
             resources_changed,
         }
     }

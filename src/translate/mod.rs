@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::knative::IngressKey;
@@ -155,16 +156,24 @@ impl Translator {
         }
 
         let mut touched_clusters = BTreeSet::new();
-        for host in touched_hosts {
-            self.rebuild_host(&host, &mut touched_clusters, &mut out);
+        let built = par_map(touched_hosts, |host| {
+            let next = self.build_host(&host);
+            (host, next)
+        });
+        for (host, next) in built {
+            self.commit_host(host, next, &mut touched_clusters, &mut out);
         }
         for service in changes.services.iter().chain(&changes.endpoints) {
             if let Some(keys) = self.clusters_by_service.get(service) {
                 touched_clusters.extend(keys.iter().cloned());
             }
         }
-        for key in touched_clusters {
-            self.rebuild_backend(&key, world, &mut out);
+        let built = par_map(touched_clusters, |key| {
+            let next = self.build_backend(&key, world);
+            (key, next)
+        });
+        for (key, next) in built {
+            self.commit_backend(key, next, &mut out);
         }
         out
     }
@@ -211,12 +220,8 @@ impl Translator {
         Some((winner, losers))
     }
 
-    fn rebuild_host(
-        &mut self,
-        host: &str,
-        touched_clusters: &mut BTreeSet<ClusterKey>,
-        out: &mut Vec<ResourceUpdate>,
-    ) {
+    /// The resources a host should have now. Pure and read-only, so hosts build in parallel.
+    fn build_host(&self, host: &str) -> HostResources {
         let mut next = HostResources::default();
         if let Some((winner, losers)) = self.decide_host(host) {
             let planned = &self.plans[&winner].hosts[host];
@@ -285,7 +290,19 @@ impl Translator {
                 }
             }
         }
-        let previous = self.hosts.remove(host).unwrap_or_default();
+        next
+    }
+
+    /// Replaces a host's resources with `next`, emitting what changed and moving cluster
+    /// references.
+    fn commit_host(
+        &mut self,
+        host: String,
+        next: HostResources,
+        touched_clusters: &mut BTreeSet<ClusterKey>,
+        out: &mut Vec<ResourceUpdate>,
+    ) {
+        let previous = self.hosts.remove(&host).unwrap_or_default();
         diff_routes(&previous.routes, &next.routes, out);
         diff_scopes(&previous.scopes, &next.scopes, out);
         for key in previous.clusters.difference(&next.clusters) {
@@ -297,7 +314,7 @@ impl Translator {
         if next.routes.is_empty() && next.losers.is_empty() {
             return;
         }
-        self.hosts.insert(host.to_owned(), next);
+        self.hosts.insert(host, next);
     }
 
     fn retain_cluster(&mut self, key: &ClusterKey, touched: &mut BTreeSet<ClusterKey>) {
@@ -330,9 +347,9 @@ impl Translator {
         }
     }
 
-    fn rebuild_backend(&mut self, key: &ClusterKey, world: &World, out: &mut Vec<ResourceUpdate>) {
-        let name = key.name();
-        let next = self.cluster_refs.contains_key(key).then(|| {
+    fn build_backend(&self, key: &ClusterKey, world: &World) -> Option<BackendResources> {
+        self.cluster_refs.contains_key(key).then(|| {
+            let name = key.name();
             let backend = clusters::backend(key, world);
             BackendResources {
                 cluster: Resource::new(TypeUrl::Cluster, &name, &backend.cluster, Vec::new()),
@@ -340,12 +357,21 @@ impl Translator {
                     Resource::new(TypeUrl::ClusterLoadAssignment, &name, &cla, Vec::new())
                 }),
             }
-        });
+        })
+    }
+
+    fn commit_backend(
+        &mut self,
+        key: ClusterKey,
+        next: Option<BackendResources>,
+        out: &mut Vec<ResourceUpdate>,
+    ) {
+        let name = key.name();
         let parts = |b: Option<&BackendResources>| match b {
             Some(b) => (Some(b.cluster.clone()), b.endpoints.clone()),
             None => (None, None),
         };
-        let (old_cluster, old_endpoints) = parts(self.backends.remove(key).as_ref());
+        let (old_cluster, old_endpoints) = parts(self.backends.remove(&key).as_ref());
         let (new_cluster, new_endpoints) = parts(next.as_ref());
         diff_one(TypeUrl::Cluster, &name, old_cluster, new_cluster, out);
         diff_one(
@@ -356,7 +382,7 @@ impl Translator {
             out,
         );
         if let Some(next) = next {
-            self.backends.insert(key.clone(), next);
+            self.backends.insert(key, next);
         }
     }
 
@@ -432,6 +458,22 @@ impl Translator {
             TypeUrl::Listener | TypeUrl::Secret => BTreeSet::new(),
         }
     }
+}
+
+/// Below this many items a batch is built on this thread: fanning out costs more than it saves.
+const PARALLEL_THRESHOLD: usize = 64;
+
+/// Maps in parallel for big batches, keeping the input order so output stays deterministic.
+fn par_map<T: Send, R: Send>(items: BTreeSet<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+    if items.len() < PARALLEL_THRESHOLD {
+        return items.into_iter().map(f).collect();
+    }
+    items
+        .into_iter()
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(f)
+        .collect()
 }
 
 fn diff_one(

@@ -5,6 +5,6 @@ mod resource;
 mod server;
 mod stream;
 
-pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, Snapshot, TypeUrl, set_version};
+pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, SetDigest, Snapshot, TypeUrl};
 pub use server::{AdsService, Proxy, ProxyRegistry, ProxyView, SnapshotFeed};
 pub use stream::{Mode, Nack, RequestOutcome, Response, StreamState, TypeStatus};

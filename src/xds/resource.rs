@@ -217,22 +217,29 @@ impl Snapshot {
     }
 }
 
-/// A SotW `version_info` for a set of resources: an order-independent combination of their
-/// names and content digests, so equal sets always get equal versions.
-pub fn set_version<'a>(resources: impl IntoIterator<Item = &'a Arc<Resource>>) -> String {
-    let mut combined = [0u8; 32];
-    for resource in resources {
+/// The version of a set of resources: an order-independent combination (XOR) of a hash of
+/// each member's name and version, updated member by member as the set changes, so equal sets
+/// always get equal versions and a change costs one hash, not the whole set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetDigest([u8; 32]);
+
+impl SetDigest {
+    /// Adds the member if absent, removes it if present.
+    pub fn toggle(&mut self, name: &str, version: &str) {
         let entry: [u8; 32] = Sha256::new()
-            .chain_update(resource.name.as_bytes())
+            .chain_update(name.as_bytes())
             .chain_update([0])
-            .chain_update(resource.digest)
+            .chain_update(version.as_bytes())
             .finalize()
             .into();
-        for (acc, byte) in combined.iter_mut().zip(entry) {
+        for (acc, byte) in self.0.iter_mut().zip(entry) {
             *acc ^= byte;
         }
     }
-    hex::encode(&combined[..8])
+
+    pub fn version(&self) -> String {
+        hex::encode(&self.0[..8])
+    }
 }
 
 #[cfg(test)]
@@ -254,24 +261,31 @@ mod tests {
     }
 
     #[test]
-    fn set_version_ignores_order_and_sees_content() {
+    fn set_digest_ignores_order_and_sees_content() {
+        let mut ab = SetDigest::default();
+        ab.toggle("a", "1");
+        ab.toggle("b", "1");
+        let mut ba = SetDigest::default();
+        ba.toggle("b", "1");
+        ba.toggle("a", "1");
+        assert_eq!(ab.version(), ba.version());
+        let mut changed = ab;
+        changed.toggle("a", "1");
+        changed.toggle("a", "2");
+        assert_ne!(changed.version(), ab.version());
+        changed.toggle("a", "2");
+        changed.toggle("a", "1");
+        assert_eq!(changed.version(), ab.version());
+    }
+
+    #[test]
+    fn resource_versions_are_content_hashes() {
         let a = Resource::new(
             TypeUrl::Cluster,
             "a",
             &prost_types::Duration::default(),
             vec![],
         );
-        let b = Resource::new(
-            TypeUrl::Cluster,
-            "b",
-            &prost_types::Duration {
-                seconds: 1,
-                nanos: 0,
-            },
-            vec![],
-        );
-        assert_eq!(set_version([&a, &b]), set_version([&b, &a]));
-        assert_ne!(set_version([&a, &b]), set_version([&a]));
         assert_eq!(
             a.version,
             Resource::new(

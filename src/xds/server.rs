@@ -231,11 +231,15 @@ impl AdsService {
             }
             let snapshot = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
+                let started = std::time::Instant::now();
                 let responses = proxy
                     .state
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .poll(&snapshot);
+                let elapsed = started.elapsed();
+                self.metrics.push_seconds.observe(elapsed.as_secs_f64());
+                tracing::debug!(node = %proxy.node_id, responses = responses.len(), micros = elapsed.as_micros() as u64, "computed responses");
                 for response in responses {
                     self.count_push(&response);
                     let Some(response) = unwrap(response) else {

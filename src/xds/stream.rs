@@ -20,7 +20,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use serde::Serialize;
 
-use crate::xds::resource::{Group, Resource, Snapshot, TypeUrl, set_version};
+use imbl::ordmap::DiffItem;
+
+use crate::xds::resource::{Group, Resource, ResourceMap, SetDigest, Snapshot, TypeUrl};
 
 /// Which variant of the protocol the stream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,8 +63,8 @@ pub enum Response {
 struct InFlight {
     nonce: String,
     version: String,
-    /// The client's state of this type once it accepts the response.
-    changes: Vec<(String, Option<Arc<Resource>>)>,
+    /// What the client holds of this type once it accepts the response.
+    changes: Vec<(String, Option<Held>)>,
 }
 
 /// What the client holds of a resource: the version, and the resource itself when this stream
@@ -73,6 +75,29 @@ struct Held {
     resource: Option<Arc<Resource>>,
 }
 
+impl Held {
+    fn of(resource: &Arc<Resource>) -> Held {
+        Held {
+            version: resource.version.clone(),
+            resource: Some(resource.clone()),
+        }
+    }
+
+    fn references(&self) -> &[String] {
+        self.resource
+            .as_ref()
+            .map(|r| r.references.as_slice())
+            .unwrap_or_default()
+    }
+}
+
+/// Which of a type's views of the client a change applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    Sent,
+    Acked,
+}
+
 #[derive(Debug, Default)]
 struct TypeState {
     wildcard: bool,
@@ -81,15 +106,23 @@ struct TypeState {
     requested: bool,
     /// SotW: a request is open and waits for an answer.
     open_request: bool,
-    /// SotW: whether any response was sent for the current subscription.
+    /// Whether the current subscription got its first answer.
     answered: bool,
     /// What was sent (accepted or not): never re-send what the client already got.
     sent: BTreeMap<String, Held>,
+    /// The version of `sent` as a whole, kept up to date as entries change.
+    sent_digest: SetDigest,
     /// What the client ACKed.
     acked: BTreeMap<String, Held>,
     acked_version: String,
     /// Must be sent even if unchanged (delta subscribe, endpoints of a changed cluster).
     force: BTreeSet<String>,
+    /// The snapshot's map of this type when this stream last answered: diffing the next
+    /// snapshot against it finds what changed without walking every resource.
+    seen: Option<ResourceMap>,
+    /// Names to look at again on the next answer: new subscriptions, routes waiting for their
+    /// clusters, clusters that routes may no longer name.
+    recheck: BTreeSet<String>,
     /// The nonce of the last response sent: a SotW request naming any other is stale.
     last_nonce: String,
     in_flight: Option<InFlight>,
@@ -99,6 +132,11 @@ struct TypeState {
 impl TypeState {
     fn subscribed(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+
+    /// Forgets what was seen, so that the next answer looks at every resource again.
+    fn look_again(&mut self) {
+        self.seen = None;
     }
 }
 
@@ -117,6 +155,9 @@ pub struct StreamState {
     group: Group,
     next_nonce: u64,
     types: BTreeMap<TypeUrl, TypeState>,
+    /// For each cluster, how many route configurations this client holds (sent or ACKed) name
+    /// it: a cluster is removed from the client only once this drops to zero.
+    cluster_users: BTreeMap<String, usize>,
 }
 
 impl StreamState {
@@ -126,6 +167,7 @@ impl StreamState {
             group,
             next_nonce: 0,
             types: BTreeMap::new(),
+            cluster_users: BTreeMap::new(),
         }
     }
 
@@ -146,24 +188,28 @@ impl StreamState {
             // The first request naming a response settles it; later ones with the same nonce
             // only change the subscription.
             if state.in_flight.is_some() {
-                outcome = settle(state, request.error_detail.as_ref().map(|s| &s.message));
+                outcome = self.settle(type_url, request.error_detail.as_ref().map(|s| &s.message));
             }
         }
+        let state = self.types.entry(type_url).or_default();
         let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
         let wildcard = type_url.is_full_state() && names.is_empty();
         if names != state.names || wildcard != state.wildcard || !state.requested {
             // A changed subscription is answered even when nothing it names changed, so that
             // a client asking for a resource that does not exist yet still gets a response.
             state.answered = false;
+            state
+                .recheck
+                .extend(names.difference(&state.names).cloned());
         }
-        for gone in state.names.difference(&names) {
-            state.sent.remove(gone);
-            state.acked.remove(gone);
-        }
+        let gone: Vec<String> = state.names.difference(&names).cloned().collect();
         state.names = names;
         state.wildcard = wildcard;
         state.requested = true;
         state.open_request = true;
+        for name in gone {
+            self.forget(type_url, &name);
+        }
         outcome
     }
 
@@ -172,52 +218,151 @@ impl StreamState {
             return RequestOutcome::UnknownType(request.type_url.clone());
         };
         let state = self.types.entry(type_url).or_default();
-        if !state.requested {
+        let first = !state.requested;
+        if first {
             state.requested = true;
             // The legacy wildcard: a first request for a full-state type that names nothing.
             state.wildcard =
                 type_url.is_full_state() && request.resource_names_subscribe.is_empty();
-            for (name, version) in &request.initial_resource_versions {
-                let held = Held {
-                    version: version.clone(),
-                    resource: None,
-                };
-                state.sent.insert(name.clone(), held.clone());
-                state.acked.insert(name.clone(), held);
-            }
         }
         for name in &request.resource_names_subscribe {
             if name == "*" {
                 state.wildcard = true;
+                state.look_again();
             } else {
                 state.names.insert(name.clone());
                 state.force.insert(name.clone());
             }
         }
+        let mut gone = Vec::new();
         for name in &request.resource_names_unsubscribe {
             if name == "*" {
                 state.wildcard = false;
-            } else {
-                state.names.remove(name);
+                gone.extend(
+                    state
+                        .sent
+                        .keys()
+                        .filter(|n| !state.names.contains(*n))
+                        .cloned(),
+                );
+            } else if state.names.remove(name) {
                 state.force.remove(name);
+                if !state.wildcard {
+                    gone.push(name.clone());
+                }
             }
         }
-        if !state.wildcard {
-            let names = &state.names;
-            state.sent.retain(|name, _| names.contains(name));
-            state.acked.retain(|name, _| names.contains(name));
+        if first {
+            let mut initial: Vec<_> = request.initial_resource_versions.iter().collect();
+            initial.sort();
+            for (name, version) in initial {
+                let held = Held {
+                    version: version.clone(),
+                    resource: None,
+                };
+                self.hold(type_url, View::Sent, name, Some(held.clone()));
+                self.hold(type_url, View::Acked, name, Some(held));
+            }
+        }
+        for name in gone {
+            self.forget(type_url, &name);
         }
         if request.response_nonce.is_empty() {
             return RequestOutcome::Subscribed;
         }
+        let state = self.types.entry(type_url).or_default();
         match &state.in_flight {
             Some(in_flight) if in_flight.nonce == request.response_nonce => {
-                settle(state, request.error_detail.as_ref().map(|s| &s.message))
+                self.settle(type_url, request.error_detail.as_ref().map(|s| &s.message))
             }
             // Delta never drops a request for a stale nonce: its subscription changes are
             // already applied above.
             _ => RequestOutcome::Subscribed,
         }
+    }
+
+    /// Drops a resource the client no longer subscribes to: it deletes it itself.
+    fn forget(&mut self, type_url: TypeUrl, name: &str) {
+        self.hold(type_url, View::Sent, name, None);
+        self.hold(type_url, View::Acked, name, None);
+    }
+
+    /// Records what the client holds of one resource, keeping the set digest and the cluster
+    /// references of route configurations up to date.
+    fn hold(&mut self, type_url: TypeUrl, view: View, name: &str, held: Option<Held>) {
+        let state = self.types.entry(type_url).or_default();
+        let map = match view {
+            View::Sent => &mut state.sent,
+            View::Acked => &mut state.acked,
+        };
+        let previous = match held {
+            Some(held) => {
+                if view == View::Sent {
+                    state.sent_digest.toggle(name, &held.version);
+                }
+                let references = held.references().to_vec();
+                let previous = map.insert(name.to_owned(), held);
+                if type_url == TypeUrl::RouteConfiguration {
+                    for cluster in references {
+                        *self.cluster_users.entry(cluster).or_default() += 1;
+                    }
+                }
+                previous
+            }
+            None => map.remove(name),
+        };
+        let Some(previous) = previous else {
+            return;
+        };
+        let state = self.types.entry(type_url).or_default();
+        if view == View::Sent {
+            state.sent_digest.toggle(name, &previous.version);
+        }
+        if type_url != TypeUrl::RouteConfiguration {
+            return;
+        }
+        for cluster in previous.references() {
+            let Some(users) = self.cluster_users.get_mut(cluster) else {
+                continue;
+            };
+            *users -= 1;
+            if *users == 0 {
+                self.cluster_users.remove(cluster);
+                self.types
+                    .entry(TypeUrl::Cluster)
+                    .or_default()
+                    .recheck
+                    .insert(cluster.clone());
+            }
+        }
+    }
+
+    /// Settles the response in flight with the client's verdict.
+    fn settle(&mut self, type_url: TypeUrl, error: Option<&String>) -> RequestOutcome {
+        let state = self.types.entry(type_url).or_default();
+        let Some(in_flight) = state.in_flight.take() else {
+            return RequestOutcome::Subscribed;
+        };
+        if let Some(message) = error {
+            let nack = Nack {
+                version: in_flight.version,
+                nonce: in_flight.nonce,
+                message: message.clone(),
+                resources: in_flight
+                    .changes
+                    .iter()
+                    .filter(|(_, held)| held.is_some())
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            };
+            state.last_nack = Some(nack.clone());
+            return RequestOutcome::Nacked(nack);
+        }
+        state.acked_version = in_flight.version;
+        for (name, held) in in_flight.changes {
+            self.hold(type_url, View::Acked, &name, held);
+        }
+        RequestOutcome::Acked
     }
 
     /// The responses the snapshot calls for now, in the order Envoy must apply them.
@@ -231,114 +376,119 @@ impl StreamState {
         responses
     }
 
-    /// Clusters the client's routes (sent or accepted) still name.
-    fn clusters_in_use(&self) -> BTreeSet<&str> {
-        let Some(routes) = self.types.get(&TypeUrl::RouteConfiguration) else {
-            return BTreeSet::new();
-        };
-        routes
-            .sent
-            .values()
-            .chain(routes.acked.values())
-            .filter_map(|held| held.resource.as_ref())
-            .flat_map(|resource| resource.references.iter().map(String::as_str))
-            .collect()
+    fn acked_and_settled(&self, type_url: TypeUrl, name: &str) -> bool {
+        self.types.get(&type_url).is_some_and(|state| {
+            state.acked.contains_key(name)
+                && !state.force.contains(name)
+                && state
+                    .in_flight
+                    .as_ref()
+                    .is_none_or(|f| f.changes.iter().all(|(changed, _)| changed != name))
+        })
     }
 
     /// Whether every cluster a route names is ACKed, with its endpoints where EDS feeds it.
     fn clusters_ready(&self, route: &Resource, snapshot: &Snapshot) -> bool {
-        let acked = |type_url: TypeUrl, name: &str| {
-            self.types.get(&type_url).is_some_and(|state| {
-                state.acked.contains_key(name)
-                    && !state.force.contains(name)
-                    && state
-                        .in_flight
-                        .as_ref()
-                        .is_none_or(|f| f.changes.iter().all(|(changed, _)| changed != name))
-            })
-        };
         let endpoints = snapshot.resources(self.group, TypeUrl::ClusterLoadAssignment);
         route.references.iter().all(|cluster| {
-            acked(TypeUrl::Cluster, cluster)
+            self.acked_and_settled(TypeUrl::Cluster, cluster)
                 && (!endpoints.contains_key(cluster)
-                    || acked(TypeUrl::ClusterLoadAssignment, cluster))
+                    || self.acked_and_settled(TypeUrl::ClusterLoadAssignment, cluster))
         })
     }
 
-    /// The full set of `type_url` this client should hold now.
-    fn desired(&self, type_url: TypeUrl, snapshot: &Snapshot) -> BTreeMap<String, Arc<Resource>> {
-        let state = &self.types[&type_url];
-        let available = snapshot.resources(self.group, type_url);
-        let mut desired: BTreeMap<String, Arc<Resource>> = if state.wildcard {
-            available
-                .iter()
-                .map(|(name, resource)| (name.clone(), resource.clone()))
-                .collect()
-        } else {
-            state
-                .names
-                .iter()
-                .filter_map(|name| Some((name.clone(), available.get(name)?.clone())))
-                .collect()
-        };
-        match type_url {
-            TypeUrl::Cluster => {
-                for name in self.clusters_in_use() {
-                    if desired.contains_key(name) {
-                        continue;
-                    }
-                    if let Some(resource) = state.sent.get(name).and_then(|h| h.resource.clone()) {
-                        desired.insert(name.to_owned(), resource);
-                    }
+    /// The names whose desired state may differ from what was sent: what the snapshot changed
+    /// since the last answer, plus the names marked for another look.
+    fn candidates(&mut self, type_url: TypeUrl, available: &ResourceMap) -> BTreeSet<String> {
+        let state = self.types.entry(type_url).or_default();
+        let mut names = std::mem::take(&mut state.recheck);
+        names.extend(state.force.iter().cloned());
+        match &state.seen {
+            Some(seen) => names.extend(seen.diff(available).map(|item| match item {
+                DiffItem::Add(name, _) | DiffItem::Remove(name, _) => name.clone(),
+                DiffItem::Update { new: (name, _), .. } => name.clone(),
+            })),
+            None => {
+                names.extend(state.sent.keys().cloned());
+                if state.wildcard {
+                    names.extend(available.keys().cloned());
+                } else {
+                    names.extend(state.names.iter().cloned());
                 }
             }
-            TypeUrl::RouteConfiguration => {
-                // A route whose clusters are not ready yet waits; the client keeps the version
-                // it has, if any.
-                desired = desired
-                    .into_iter()
-                    .filter_map(|(name, resource)| {
-                        if self.clusters_ready(&resource, snapshot) {
-                            return Some((name, resource));
-                        }
-                        let previous = state.sent.get(&name)?.resource.clone()?;
-                        Some((name, previous))
-                    })
-                    .collect();
-            }
-            _ => {}
         }
-        desired
+        state.seen = Some(available.clone());
+        names
+    }
+
+    /// What the client should hold of `name` now: `None` when it should not hold it.
+    fn desired(
+        &mut self,
+        type_url: TypeUrl,
+        name: &str,
+        available: &ResourceMap,
+        snapshot: &Snapshot,
+    ) -> Option<Arc<Resource>> {
+        let state = &self.types[&type_url];
+        let previous = || state.sent.get(name).and_then(|h| h.resource.clone());
+        let current = state
+            .subscribed(name)
+            .then(|| available.get(name).cloned())
+            .flatten();
+        match (type_url, current) {
+            // A cluster the client's routes still name stays until they stop naming it.
+            (TypeUrl::Cluster, None) if self.cluster_users.contains_key(name) => previous(),
+            // A route whose clusters are not ready waits; the client keeps what it has.
+            (TypeUrl::RouteConfiguration, Some(route))
+                if !self.clusters_ready(&route, snapshot) =>
+            {
+                let previous = previous();
+                self.types
+                    .entry(type_url)
+                    .or_default()
+                    .recheck
+                    .insert(name.to_owned());
+                previous
+            }
+            (_, current) => current,
+        }
     }
 
     fn respond(&mut self, type_url: TypeUrl, snapshot: &Snapshot) -> Option<Response> {
         let state = self.types.get(&type_url)?;
-        if state.in_flight.is_some() || (self.mode == Mode::StateOfTheWorld && !state.open_request)
-        {
+        let waiting = match self.mode {
+            Mode::StateOfTheWorld => !state.open_request,
+            Mode::Delta => !state.requested,
+        };
+        if waiting || state.in_flight.is_some() {
             return None;
         }
-        let desired = self.desired(type_url, snapshot);
-        let state = self.types.get_mut(&type_url)?;
-        let changed: Vec<Arc<Resource>> = desired
-            .values()
-            .filter(|resource| {
-                state.force.contains(&resource.name)
-                    || state
+        let available = snapshot.resources(self.group, type_url).clone();
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        for name in self.candidates(type_url, &available) {
+            let desired = self.desired(type_url, &name, &available, snapshot);
+            let state = &self.types[&type_url];
+            match desired {
+                Some(resource) => {
+                    let unchanged = state
                         .sent
-                        .get(&resource.name)
-                        .is_none_or(|held| held.version != resource.version)
-            })
-            .cloned()
-            .collect();
-        let removed: Vec<String> = state
-            .sent
-            .keys()
-            .filter(|name| {
-                !desired.contains_key(*name)
-                    && (type_url.is_full_state() || !state.subscribed(name))
-            })
-            .cloned()
-            .collect();
+                        .get(&name)
+                        .is_some_and(|held| held.version == resource.version);
+                    if !unchanged || state.force.contains(&name) {
+                        changed.push(resource);
+                    }
+                }
+                None => {
+                    if state.sent.contains_key(&name)
+                        && (type_url.is_full_state() || !state.subscribed(&name))
+                    {
+                        removed.push(name);
+                    }
+                }
+            }
+        }
+        let state = self.types.get_mut(&type_url)?;
         // Envoy waits for the first LDS and CDS (and SRDS) answer before it starts serving, so
         // those are answered even when there is nothing in them.
         let first_answer = type_url.is_full_state() && !state.answered;
@@ -347,33 +497,20 @@ impl StreamState {
         }
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
-        let version = set_version(desired.values());
+        let mut changes: Vec<(String, Option<Held>)> = changed
+            .iter()
+            .map(|resource| (resource.name.clone(), Some(Held::of(resource))))
+            .collect();
+        changes.extend(removed.iter().map(|name| (name.clone(), None)));
+        for (name, held) in &changes {
+            self.types.get_mut(&type_url)?.force.remove(name);
+            self.hold(type_url, View::Sent, name, held.clone());
+        }
         if type_url == TypeUrl::Cluster {
             self.refresh_endpoints_of(&changed);
         }
-        let send: Vec<Arc<Resource>> =
-            if self.mode == Mode::StateOfTheWorld && type_url.is_full_state() {
-                desired.into_values().collect()
-            } else {
-                changed
-            };
-        let mut changes: Vec<(String, Option<Arc<Resource>>)> = send
-            .iter()
-            .map(|resource| (resource.name.clone(), Some(resource.clone())))
-            .collect();
-        changes.extend(removed.iter().map(|name| (name.clone(), None)));
         let state = self.types.get_mut(&type_url)?;
-        for (name, resource) in &changes {
-            state.force.remove(name);
-            match resource {
-                Some(resource) => {
-                    state.sent.insert(name.clone(), Held::of(resource));
-                }
-                None => {
-                    state.sent.remove(name);
-                }
-            }
-        }
+        let version = state.sent_digest.version();
         state.open_request = false;
         state.answered = true;
         state.last_nonce = nonce.clone();
@@ -383,16 +520,29 @@ impl StreamState {
             changes,
         });
         let response = match self.mode {
-            Mode::StateOfTheWorld => Response::Sotw(DiscoveryResponse {
-                version_info: version,
-                resources: send.iter().map(|r| r.body.clone()).collect(),
-                type_url: type_url.as_str().to_owned(),
-                nonce,
-                ..Default::default()
-            }),
+            Mode::StateOfTheWorld => {
+                // SotW carries every resource of a full-state type; of the others, what changed.
+                let resources = if type_url.is_full_state() {
+                    state
+                        .sent
+                        .values()
+                        .filter_map(|held| held.resource.as_ref())
+                        .map(|r| r.body.clone())
+                        .collect()
+                } else {
+                    changed.iter().map(|r| r.body.clone()).collect()
+                };
+                Response::Sotw(DiscoveryResponse {
+                    version_info: version,
+                    resources,
+                    type_url: type_url.as_str().to_owned(),
+                    nonce,
+                    ..Default::default()
+                })
+            }
             Mode::Delta => Response::Delta(DeltaDiscoveryResponse {
                 system_version_info: version,
-                resources: send
+                resources: changed
                     .iter()
                     .map(|r| DeltaResource {
                         name: r.name.clone(),
@@ -446,49 +596,6 @@ impl StreamState {
         let held = self.types.get(&type_url)?.acked.get(name)?;
         Some(&held.version)
     }
-}
-
-impl Held {
-    fn of(resource: &Arc<Resource>) -> Held {
-        Held {
-            version: resource.version.clone(),
-            resource: Some(resource.clone()),
-        }
-    }
-}
-
-/// Settles the response in flight with the client's verdict.
-fn settle(state: &mut TypeState, error: Option<&String>) -> RequestOutcome {
-    let Some(in_flight) = state.in_flight.take() else {
-        return RequestOutcome::Subscribed;
-    };
-    if let Some(message) = error {
-        let nack = Nack {
-            version: in_flight.version,
-            nonce: in_flight.nonce,
-            message: message.clone(),
-            resources: in_flight
-                .changes
-                .iter()
-                .filter(|(_, r)| r.is_some())
-                .map(|(name, _)| name.clone())
-                .collect(),
-        };
-        state.last_nack = Some(nack.clone());
-        return RequestOutcome::Nacked(nack);
-    }
-    for (name, resource) in in_flight.changes {
-        match resource {
-            Some(resource) => {
-                state.acked.insert(name, Held::of(&resource));
-            }
-            None => {
-                state.acked.remove(&name);
-            }
-        }
-    }
-    state.acked_version = in_flight.version;
-    RequestOutcome::Acked
 }
 
 #[cfg(test)]
