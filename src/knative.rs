@@ -242,6 +242,14 @@ pub enum ValidationError {
         path: usize,
         header: String,
     },
+    #[error("{field}[{header:?}]: {reason}")]
+    BadHeader {
+        field: String,
+        header: String,
+        reason: &'static str,
+    },
+    #[error("spec.rules[{rule}].http.paths[{path}].rewriteHost: contains CR, LF or NUL")]
+    BadRewriteHost { rule: usize, path: usize },
     #[error("spec.tls[{index}].{field}: a value is required")]
     MissingTlsField { index: usize, field: &'static str },
     #[error("spec.tls[{index}].hosts: at least one host is required")]
@@ -335,7 +343,31 @@ impl Ingress {
                 reason: "must start with '/'",
             });
         }
+        let field = format!("spec.rules[{rule}].http.paths[{path}]");
+        check_headers(
+            &format!("{field}.appendHeaders"),
+            &spec.append_headers,
+            errors,
+        );
+        for (split, backend) in spec.splits.iter().enumerate() {
+            check_headers(
+                &format!("{field}.splits[{split}].appendHeaders"),
+                &backend.append_headers,
+                errors,
+            );
+        }
+        if has_control_bytes(&spec.rewrite_host) {
+            errors.push(ValidationError::BadRewriteHost { rule, path });
+        }
         for (header, matcher) in &spec.headers {
+            let name = header.strip_prefix(':').unwrap_or(header);
+            if !is_token(name) {
+                errors.push(ValidationError::BadHeader {
+                    field: format!("{field}.headers"),
+                    header: header.clone(),
+                    reason: "not a valid HTTP header name",
+                });
+            }
             if matcher.exact.is_empty() {
                 errors.push(ValidationError::EmptyHeaderMatch {
                     rule,
@@ -411,6 +443,45 @@ impl Ingress {
             .get(INGRESS_CLASS_ANNOTATION)
             .or_else(|| annotations.get(LEGACY_INGRESS_CLASS_ANNOTATION))
             .map(String::as_str)
+    }
+}
+
+/// RFC 9110 token characters: what a header name may contain.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn has_control_bytes(value: &str) -> bool {
+    value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
+}
+
+/// Envoy refuses to set pseudo-headers or `host` and rejects invalid names and values along
+/// with the whole route configuration, so such an ingress is refused here instead.
+fn check_headers(
+    field: &str,
+    headers: &BTreeMap<String, String>,
+    errors: &mut Vec<ValidationError>,
+) {
+    for (name, value) in headers {
+        let reason = if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
+            Some("pseudo-headers and host cannot be set; use rewriteHost to change the host")
+        } else if !is_token(name) {
+            Some("not a valid HTTP header name")
+        } else if has_control_bytes(value) {
+            Some("the value contains CR, LF or NUL")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            errors.push(ValidationError::BadHeader {
+                field: field.to_owned(),
+                header: name.clone(),
+                reason,
+            });
+        }
     }
 }
 
@@ -492,6 +563,33 @@ spec:
             [ValidationError::CrossNamespaceBackend { .. }]
         ));
         assert!(errors[0].to_string().contains("\"other\""));
+    }
+
+    #[test]
+    fn headers_envoy_would_refuse_are_invalid() {
+        let ingress = ingress(
+            r#"
+metadata: {name: x, namespace: default}
+spec:
+  rules:
+  - hosts: [x.example.com]
+    http:
+      paths:
+      - appendHeaders: {":path": /evil, ok-header: fine}
+        headers: {"bad header": {exact: x}}
+        splits: [{serviceName: a, servicePort: 80, appendHeaders: {Host: other}}]
+"#,
+        );
+        let errors: Vec<String> = ingress
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("spec.rules[0].http.paths[0].appendHeaders[\":path\"]"));
+        assert!(errors[1].contains("splits[0].appendHeaders[\"Host\"]"));
+        assert!(errors[2].contains("headers[\"bad header\"]: not a valid HTTP header name"));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 use envoy_types::pb::envoy::config::common::mutation_rules::v3::{
     HeaderMutation as MutationRule, header_mutation::Action as MutationAction,
 };
-use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, TypedExtensionConfig, data_source::Specifier,
+};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::http::lua::v3::Lua;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, ScopedRds, ScopedRoutes,
@@ -36,6 +39,33 @@ fn header_fragment(name: &str, separator: &str) -> FragmentBuilder {
             element_separator: separator.to_owned(),
             extract_type: Some(ExtractType::Index(0)),
         })),
+    }
+}
+
+/// Host names are case-insensitive, but a scope key matches exactly: the host is lowercased
+/// (as the translator lowercases ingress hosts) and the route looked up again. Requests with a
+/// lowercase host, the usual case, pay one pattern match.
+const LOWERCASE_AUTHORITY: &str = r#"function envoy_on_request(request)
+  local authority = request:headers():get(":authority")
+  if authority ~= nil and string.find(authority, "%u") then
+    request:headers():replace(":authority", string.lower(authority))
+  end
+end
+"#;
+
+fn lowercase_authority() -> HttpFilter {
+    let lua = Lua {
+        default_source_code: Some(DataSource {
+            specifier: Some(Specifier::InlineString(LOWERCASE_AUTHORITY.to_owned())),
+            ..Default::default()
+        }),
+        clear_route_cache: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: "envoy.filters.http.lua".to_owned(),
+        config_type: Some(ConfigType::TypedConfig(pack(&lua))),
+        ..Default::default()
     }
 }
 
@@ -73,11 +103,14 @@ fn connection_manager(kind: ListenerKind) -> HttpConnectionManager {
                 srds_resources_locator: String::new(),
             })),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(ConfigType::TypedConfig(pack(&Router::default()))),
-            ..Default::default()
-        }],
+        http_filters: vec![
+            lowercase_authority(),
+            HttpFilter {
+                name: "envoy.filters.http.router".to_owned(),
+                config_type: Some(ConfigType::TypedConfig(pack(&Router::default()))),
+                ..Default::default()
+            },
+        ],
         upgrade_configs: vec![UpgradeConfig {
             upgrade_type: "websocket".to_owned(),
             ..Default::default()

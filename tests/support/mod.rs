@@ -38,9 +38,65 @@ pub fn free_port() -> u16 {
     free_ports(1)[0]
 }
 
-/// `n` distinct ports that were free a moment ago on 127.0.0.1 (all held while choosing, so they
-/// differ from each other).
+/// `n` distinct ports that were free a moment ago on 127.0.0.1, for other processes to bind.
+///
+/// They are chosen below the kernel's ephemeral range (`ip_local_port_range`), which is where
+/// every `bind(127.0.0.1:0)` and every outgoing connection's local port comes from: tests run
+/// in parallel start backends on port 0 and make thousands of connections, and a port taken
+/// from that range could be handed to one of them before the process meant to bind it does.
+/// Ports are never handed out twice by one test process, and each is checked to be bindable
+/// (all held while choosing, so they differ from each other).
 pub fn free_ports(n: usize) -> Vec<u16> {
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::Mutex;
+
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    const LOWEST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_start <= LOWEST + 1_000 {
+        // No room below the ephemeral range: let the kernel choose.
+        return ephemeral_free_ports(n);
+    }
+    let span = u64::from(ephemeral_start - LOWEST);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    // A random start per call (std's hasher is randomly keyed), then a walk through the range.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let start = hasher.finish() % span;
+    let mut held = Vec::with_capacity(n);
+    for step in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = LOWEST + ((start + step * 7_919) % span) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push((port, listener));
+        }
+    }
+    assert_eq!(
+        held.len(),
+        n,
+        "found only {} free ports below {ephemeral_start}",
+        held.len()
+    );
+    held.iter()
+        .map(|(port, _)| {
+            handed_out.insert(*port);
+            *port
+        })
+        .collect()
+}
+
+/// `n` distinct ports the kernel picked for `bind(127.0.0.1:0)`.
+fn ephemeral_free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port"))
         .collect();

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::client::{self, Response};
-use super::{free_port, free_ports, local, poll_until, tail, temp_dir};
+use super::{free_ports, local, poll_until, tail, temp_dir};
 
 /// How long [`Sluice::wait_ready`] waits for `/readyz`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -195,7 +195,9 @@ impl Sluice {
     }
 
     /// `sluice bootstrap` for this instance: `--xds-addr` its xDS address, `--node-id node_id`,
-    /// `--role role` if given, `--admin-addr 127.0.0.1:<free port>`, and `--delta` if `delta`.
+    /// `--role role` if given, `--admin-addr 127.0.0.1:0` (Envoy picks the port and
+    /// [`super::Envoy`] reads it from `--admin-address-path`, so no other process can take it
+    /// first), and `--delta` if `delta`.
     /// Returns the YAML; panics with stderr if the command fails.
     pub fn bootstrap(&self, node_id: &str, role: Option<&str>, delta: bool) -> String {
         let mut args = vec![
@@ -205,7 +207,7 @@ impl Sluice {
             "--node-id".to_string(),
             node_id.to_string(),
             "--admin-addr".to_string(),
-            local(free_port()).to_string(),
+            local(0).to_string(),
         ];
         if let Some(role) = role {
             args.extend(["--role".to_string(), role.to_string()]);
