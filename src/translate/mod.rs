@@ -77,6 +77,16 @@ struct HostResources {
     losers: BTreeSet<IngressKey>,
 }
 
+/// A host's new resources and how they differ from what it had: computed in parallel, then
+/// committed in order.
+struct HostChange {
+    host: String,
+    next: HostResources,
+    updates: Vec<ResourceUpdate>,
+    released: Vec<ClusterKey>,
+    retained: Vec<ClusterKey>,
+}
+
 #[derive(Debug)]
 struct BackendResources {
     cluster: Arc<Resource>,
@@ -125,8 +135,19 @@ impl Translator {
         if !self.listeners_emitted {
             self.emit_listeners(&mut out);
         }
+        let planned = par_map(changes.ingresses.iter().collect(), |key| {
+            let plan = world
+                .ingresses
+                .get(key)
+                .and_then(|entry| entry.served.as_ref())
+                .map(|ingress| Plan {
+                    created: ingress.metadata.creation_timestamp.clone(),
+                    hosts: routes::plan_ingress(ingress),
+                });
+            (key, plan)
+        });
         let mut touched_hosts = BTreeSet::new();
-        for key in &changes.ingresses {
+        for (key, plan) in planned {
             if let Some(old) = self.plans.remove(key) {
                 for host in old.hosts.into_keys() {
                     if let Some(claimants) = self.claims.get_mut(&host) {
@@ -138,12 +159,8 @@ impl Translator {
                     touched_hosts.insert(host);
                 }
             }
-            let Some(ingress) = world.ingresses.get(key).and_then(|e| e.served.as_ref()) else {
+            let Some(plan) = plan else {
                 continue;
-            };
-            let plan = Plan {
-                created: ingress.metadata.creation_timestamp.clone(),
-                hosts: routes::plan_ingress(ingress),
             };
             for host in plan.hosts.keys() {
                 self.claims
@@ -156,12 +173,8 @@ impl Translator {
         }
 
         let mut touched_clusters = BTreeSet::new();
-        let built = par_map(touched_hosts, |host| {
-            let next = self.build_host(&host);
-            (host, next)
-        });
-        for (host, next) in built {
-            self.commit_host(host, next, &mut touched_clusters, &mut out);
+        for change in par_map(touched_hosts, |host| self.change_host(host)) {
+            self.commit_host(change, &mut touched_clusters, &mut out);
         }
         for service in changes.services.iter().chain(&changes.endpoints) {
             if let Some(keys) = self.clusters_by_service.get(service) {
@@ -293,28 +306,49 @@ impl Translator {
         next
     }
 
-    /// Replaces a host's resources with `next`, emitting what changed and moving cluster
-    /// references.
+    /// What rebuilding a host changes. Read-only, so hosts are worked out in parallel.
+    fn change_host(&self, host: String) -> HostChange {
+        let next = self.build_host(&host);
+        let empty = HostResources::default();
+        let previous = self.hosts.get(&host).unwrap_or(&empty);
+        let mut updates = Vec::new();
+        diff_routes(&previous.routes, &next.routes, &mut updates);
+        diff_scopes(&previous.scopes, &next.scopes, &mut updates);
+        HostChange {
+            released: previous
+                .clusters
+                .difference(&next.clusters)
+                .cloned()
+                .collect(),
+            retained: next
+                .clusters
+                .difference(&previous.clusters)
+                .cloned()
+                .collect(),
+            host,
+            next,
+            updates,
+        }
+    }
+
     fn commit_host(
         &mut self,
-        host: String,
-        next: HostResources,
+        change: HostChange,
         touched_clusters: &mut BTreeSet<ClusterKey>,
         out: &mut Vec<ResourceUpdate>,
     ) {
-        let previous = self.hosts.remove(&host).unwrap_or_default();
-        diff_routes(&previous.routes, &next.routes, out);
-        diff_scopes(&previous.scopes, &next.scopes, out);
-        for key in previous.clusters.difference(&next.clusters) {
+        out.extend(change.updates);
+        for key in &change.released {
             self.release_cluster(key, touched_clusters);
         }
-        for key in next.clusters.difference(&previous.clusters) {
+        for key in &change.retained {
             self.retain_cluster(key, touched_clusters);
         }
-        if next.routes.is_empty() && next.losers.is_empty() {
-            return;
+        if change.next.routes.is_empty() && change.next.losers.is_empty() {
+            self.hosts.remove(&change.host);
+        } else {
+            self.hosts.insert(change.host, change.next);
         }
-        self.hosts.insert(host, next);
     }
 
     fn retain_cluster(&mut self, key: &ClusterKey, touched: &mut BTreeSet<ClusterKey>) {
