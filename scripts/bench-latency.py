@@ -86,6 +86,15 @@ def wait_200(port, host, limit):
     return False
 
 
+def rss(pid):
+    """Resident memory of a process in MiB, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run(size, rounds, delta):
     procs = []
     try:
@@ -120,6 +129,7 @@ def run(size, rounds, delta):
             if not wait_200(http_port, last, 120):
                 sys.exit(f"size {size}: the initial config was not served within 120 s")
             startup = time.monotonic() - started
+            rss_mib = rss(procs[1].pid)
             samples = []
             for r in range(rounds):
                 name = f"new-{r}"
@@ -132,7 +142,7 @@ def run(size, rounds, delta):
                     sys.exit(f"size {size}: {name} was not served within 30 s")
                 samples.append((time.monotonic() - begin) * 1000)
             samples.sort()
-            return startup, samples
+            return startup, rss_mib, samples
     finally:
         for proc in reversed(procs):
             proc.kill()
@@ -148,12 +158,12 @@ def main():
     subprocess.check_call(["cargo", "build", "--release", "--quiet", "--bin", "sluice",
                            "--example", "backend"], cwd=ROOT)
     mode = "delta" if args.delta else "SotW"
-    print(f"| ingresses | mode | startup to all served | file change → first 200 p50 | p90 | max |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| ingresses | mode | startup to all served | sluice RSS | file change → first 200 p50 | p90 | max |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
-        startup, samples = run(size, args.rounds, args.delta)
+        startup, rss_mib, samples = run(size, args.rounds, args.delta)
         p90 = samples[int(len(samples) * 0.9) - 1] if len(samples) >= 10 else samples[-1]
-        print(f"| {size} | {mode} | {startup:.2f} s | {statistics.median(samples):.1f} ms "
+        print(f"| {size} | {mode} | {startup:.2f} s | {rss_mib:.0f} MiB | {statistics.median(samples):.1f} ms "
               f"| {p90:.1f} ms | {samples[-1]:.1f} ms |", flush=True)
 
 

@@ -5,16 +5,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use serde::Serialize;
+use serde::Deserialize;
 
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::status::{Condition, IngressStatus, IngressView, LoadBalancer};
-use crate::xds::{Group, ProxyRegistry, ProxyView, TypeUrl};
+use crate::xds::{Group, ProxyRegistry, ProxyView, TypeUrl, to_json};
 
 pub mod api {
     tonic::include_proto!("sluice.admin.v1");
@@ -73,46 +73,57 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-#[derive(Serialize)]
-struct ResourceSummary {
-    version: String,
-    bytes: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    references: Vec<String>,
+/// Which resources `/debug/config` shows: `?type=RDS` (the short type name) and `?name=`, a
+/// substring of the resource name. At thousands of ingresses the whole config is large.
+#[derive(Deserialize)]
+struct ConfigFilter {
+    r#type: Option<String>,
+    name: Option<String>,
 }
 
-/// The served resources: shared types once, per-group types per group.
-async fn debug_config(State(state): State<AdminState>) -> impl IntoResponse {
+/// The served resources as Envoy JSON, with their versions: shared types once, the per-group
+/// types (listeners, scopes) per group.
+async fn debug_config(
+    State(state): State<AdminState>,
+    Query(filter): Query<ConfigFilter>,
+) -> impl IntoResponse {
     let engine = state.engine();
     let snapshot = engine.snapshot();
-    let summarize = |group: Group, type_url: TypeUrl| -> BTreeMap<String, ResourceSummary> {
+    let wanted = |type_url: TypeUrl| {
+        filter
+            .r#type
+            .as_deref()
+            .is_none_or(|t| t.eq_ignore_ascii_case(type_url.short()))
+    };
+    let render = |group: Group, type_url: TypeUrl| -> serde_json::Map<String, serde_json::Value> {
         snapshot
             .resources(group, type_url)
             .iter()
+            .filter(|(name, _)| filter.name.as_deref().is_none_or(|n| name.contains(n)))
             .map(|(name, resource)| {
-                (
-                    name.clone(),
-                    ResourceSummary {
-                        version: resource.version.clone(),
-                        bytes: resource.body.value.len(),
-                        references: resource.references.clone(),
-                    },
-                )
+                let entry = serde_json::json!({
+                    "version": resource.version,
+                    "resource": to_json(resource),
+                });
+                (name.clone(), entry)
             })
             .collect()
     };
-    let mut shared = BTreeMap::new();
-    let mut groups: BTreeMap<String, BTreeMap<&str, _>> = BTreeMap::new();
-    for type_url in TypeUrl::ALL {
+    let mut shared = serde_json::Map::new();
+    let mut groups: BTreeMap<String, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+    for type_url in TypeUrl::ALL.into_iter().filter(|t| wanted(*t)) {
         if type_url.is_per_group() {
             for group in Group::ALL {
                 groups
                     .entry(format!("{group:?}"))
                     .or_default()
-                    .insert(type_url.short(), summarize(group, type_url));
+                    .insert(type_url.short().to_owned(), render(group, type_url).into());
             }
         } else {
-            shared.insert(type_url.short(), summarize(Group::All, type_url));
+            shared.insert(
+                type_url.short().to_owned(),
+                render(Group::All, type_url).into(),
+            );
         }
     }
     Json(serde_json::json!({ "ready": engine.ready(), "shared": shared, "groups": groups }))
