@@ -239,3 +239,147 @@ pub fn view(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knative::{Ingress, IngressKind};
+    use crate::translate::TranslateConfig;
+    use crate::world::{Object, SourceEvent, World};
+    use crate::xds::{Mode, Response, Snapshot, StreamState};
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::google::rpc::Status;
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    const CLASS: &str = "sluice";
+
+    fn setup() -> (World, Translator, Snapshot, IngressKey) {
+        let yaml = format!(
+            r#"
+metadata:
+  name: a
+  namespace: default
+  annotations: {{networking.knative.dev/ingress.class: {CLASS}}}
+spec:
+  rules:
+  - hosts: [a.example.com]
+    http:
+      paths:
+      - splits: [{{serviceName: svc, servicePort: 80}}]
+"#
+        );
+        let ingress: Ingress = serde_saphyr::from_str(&yaml).unwrap();
+        let mut world = World::new(CLASS);
+        let changes = world.apply([SourceEvent::Upsert(Object::Ingress(
+            IngressKind::Ingress,
+            Box::new(ingress),
+        ))]);
+        let mut translator = Translator::new(TranslateConfig {
+            listen_address: "127.0.0.1".into(),
+            http_port: 8080,
+            https_port: 8443,
+            internal_http_port: 8081,
+            internal_https_port: 8444,
+        });
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(translator.apply(&world, &changes));
+        let key = world.ingresses.keys().next().unwrap().clone();
+        (world, translator, snapshot, key)
+    }
+
+    fn request(type_url: TypeUrl, names: &[&str], nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.as_str().to_owned(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            response_nonce: nonce.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn nonce(responses: &[Response]) -> String {
+        match responses {
+            [Response::Sotw(response)] => response.nonce.clone(),
+            other => panic!("expected one SotW response, got {other:?}"),
+        }
+    }
+
+    /// An Envoy that has every cluster and endpoint, and has just been sent the routes.
+    fn proxy_sent_routes(snapshot: &Snapshot) -> (Arc<Proxy>, String) {
+        let cluster = "default/svc:80";
+        let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
+        for (type_url, names) in [
+            (TypeUrl::Cluster, vec![]),
+            (TypeUrl::ClusterLoadAssignment, vec![cluster]),
+        ] {
+            stream.on_sotw_request(&request(type_url, &names, ""));
+            let sent = nonce(&stream.poll(snapshot));
+            stream.on_sotw_request(&request(type_url, &names, &sent));
+        }
+        stream.on_sotw_request(&request(
+            TypeUrl::RouteConfiguration,
+            &["a.example.com"],
+            "",
+        ));
+        let sent = nonce(&stream.poll(snapshot));
+        let proxy = Arc::new(Proxy {
+            node_id: "envoy-1".into(),
+            role: None,
+            mode: Mode::StateOfTheWorld,
+            connected_at: SystemTime::now(),
+            state: Mutex::new(stream),
+        });
+        (proxy, sent)
+    }
+
+    fn ready(view: &IngressView) -> (String, String) {
+        let ready = view.condition("Ready").unwrap();
+        (ready.status.clone(), ready.reason.clone())
+    }
+
+    #[test]
+    fn ready_once_the_envoy_acks_the_routes() {
+        let (world, translator, snapshot, key) = setup();
+        let entry = &world.ingresses[&key];
+        assert_eq!(
+            ready(&view(&key, entry, &translator, &[])),
+            ("Unknown".into(), "NoProxy".into())
+        );
+        let (proxy, sent) = proxy_sent_routes(&snapshot);
+        let proxies = [proxy.clone()];
+        assert_eq!(
+            ready(&view(&key, entry, &translator, &proxies)),
+            ("Unknown".into(), "Uninitialized".into())
+        );
+        let ack = request(TypeUrl::RouteConfiguration, &["a.example.com"], &sent);
+        proxy.state.lock().unwrap().on_sotw_request(&ack);
+        let view = view(&key, entry, &translator, &proxies);
+        assert_eq!(ready(&view), ("True".into(), String::new()));
+        assert_eq!(
+            view.status.public_load_balancer[0].domain_internal,
+            EXTERNAL_PROXY
+        );
+    }
+
+    #[test]
+    fn a_rejected_route_fails_the_ingress_that_owns_it() {
+        let (world, translator, snapshot, key) = setup();
+        let (proxy, sent) = proxy_sent_routes(&snapshot);
+        let nack = DiscoveryRequest {
+            error_detail: Some(Status {
+                code: 3,
+                message: "invalid header".into(),
+                details: vec![],
+            }),
+            ..request(TypeUrl::RouteConfiguration, &["a.example.com"], &sent)
+        };
+        proxy.state.lock().unwrap().on_sotw_request(&nack);
+        let view = view(&key, &world.ingresses[&key], &translator, &[proxy]);
+        assert_eq!(ready(&view), ("False".into(), "EnvoyRejected".into()));
+        let message = &view.condition("LoadBalancerReady").unwrap().message;
+        assert!(
+            message.contains("envoy-1") && message.contains("invalid header"),
+            "{message}"
+        );
+    }
+}

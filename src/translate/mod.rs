@@ -575,3 +575,175 @@ fn diff_scopes(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knative::{Ingress, IngressKind};
+    use crate::world::{Object, ObjectKey, SourceEvent};
+    use crate::xds::Snapshot;
+
+    const CLASS: &str = "sluice";
+
+    fn config() -> TranslateConfig {
+        TranslateConfig {
+            listen_address: "127.0.0.1".into(),
+            http_port: 8080,
+            https_port: 8443,
+            internal_http_port: 8081,
+            internal_https_port: 8444,
+        }
+    }
+
+    fn ingress(name: &str, host: &str, service: &str, created: &str) -> SourceEvent {
+        let yaml = format!(
+            r#"
+metadata:
+  name: {name}
+  namespace: default
+  creationTimestamp: "{created}"
+  annotations: {{networking.knative.dev/ingress.class: {CLASS}}}
+spec:
+  rules:
+  - hosts: [{host}]
+    http:
+      paths:
+      - splits: [{{serviceName: {service}, servicePort: 80}}]
+  - hosts: [{name}.default.svc.cluster.local]
+    visibility: ClusterLocal
+    http:
+      paths:
+      - path: /internal
+        splits: [{{serviceName: {service}, servicePort: 80}}]
+"#
+        );
+        let ingress: Ingress = serde_saphyr::from_str(&yaml).unwrap();
+        SourceEvent::Upsert(Object::Ingress(IngressKind::Ingress, Box::new(ingress)))
+    }
+
+    fn service(name: &str, port_name: &str, ip: &str) -> Vec<SourceEvent> {
+        let service = serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"ports": [{"name": port_name, "port": 80, "targetPort": 8080}]}
+        });
+        let endpoints = serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": port_name, "port": 8080}]}]
+        });
+        vec![
+            SourceEvent::Upsert(Object::Service(Box::new(
+                serde_json::from_value(service).unwrap(),
+            ))),
+            SourceEvent::Upsert(Object::Endpoints(Box::new(
+                serde_json::from_value(endpoints).unwrap(),
+            ))),
+        ]
+    }
+
+    fn key(name: &str) -> IngressKey {
+        IngressKey {
+            kind: IngressKind::Ingress,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    /// Every resource of a snapshot, with its bytes, per group and type.
+    fn contents(snapshot: &Snapshot) -> Vec<(Group, TypeUrl, String, Vec<u8>)> {
+        let mut all = Vec::new();
+        for group in Group::ALL {
+            for type_url in TypeUrl::ALL {
+                for (name, resource) in snapshot.resources(group, type_url) {
+                    all.push((group, type_url, name.clone(), resource.body.value.clone()));
+                }
+            }
+        }
+        all
+    }
+
+    fn from_scratch(world: &World) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(Translator::new(config()).apply(world, &Translator::everything(world)));
+        snapshot
+    }
+
+    fn start() -> World {
+        let mut world = World::new(CLASS);
+        let mut events = vec![
+            ingress("a", "a.example.com", "svc-a", "2026-01-01T00:00:00Z"),
+            ingress("b", "b.example.com", "svc-b", "2026-01-02T00:00:00Z"),
+        ];
+        events.extend(service("svc-a", "http", "10.0.0.1"));
+        events.extend(service("svc-b", "http", "10.0.0.2"));
+        world.apply(events);
+        world
+    }
+
+    #[test]
+    fn the_same_world_gives_byte_identical_resources() {
+        let world = start();
+        assert_eq!(
+            contents(&from_scratch(&world)),
+            contents(&from_scratch(&world))
+        );
+        assert!(!contents(&from_scratch(&world)).is_empty());
+    }
+
+    #[test]
+    fn incremental_translation_equals_translation_from_scratch() {
+        let mut world = start();
+        let mut translator = Translator::new(config());
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(translator.apply(&world, &Translator::everything(&world)));
+        let steps: Vec<Vec<SourceEvent>> = vec![
+            vec![ingress(
+                "a",
+                "a.example.com",
+                "svc-b",
+                "2026-01-01T00:00:00Z",
+            )],
+            service("svc-b", "h2c", "10.0.0.3"),
+            vec![SourceEvent::Delete(ObjectKey::Ingress(key("b")))],
+            vec![ingress(
+                "c",
+                "a.example.com",
+                "svc-a",
+                "2025-12-31T00:00:00Z",
+            )],
+            vec![SourceEvent::Delete(ObjectKey::Ingress(key("c")))],
+            service("svc-a", "http", "10.0.0.9"),
+        ];
+        for (step, events) in steps.into_iter().enumerate() {
+            let changes = world.apply(events);
+            snapshot.apply(translator.apply(&world, &changes));
+            assert_eq!(
+                contents(&snapshot),
+                contents(&from_scratch(&world)),
+                "after step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_oldest_ingress_wins_a_contested_host() {
+        let mut world = start();
+        world.apply([ingress(
+            "late",
+            "a.example.com",
+            "svc-b",
+            "2026-03-01T00:00:00Z",
+        )]);
+        let mut translator = Translator::new(config());
+        translator.apply(&world, &Translator::everything(&world));
+        let loser = translator.outcome(&key("late"));
+        assert_eq!(loser.conflicts.get("a.example.com"), Some(&key("a")));
+        assert!(
+            loser
+                .served_hosts
+                .contains("late.default.svc.cluster.local")
+        );
+        let winner = translator.outcome(&key("a"));
+        assert!(winner.served_hosts.contains("a.example.com"));
+        assert!(winner.conflicts.is_empty());
+    }
+}
