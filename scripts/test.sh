@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-envoy.sh
-cargo test --all-targets "$@"
+cargo test "$@"

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 pub const API_GROUP: &str = "networking.internal.knative.dev";
 pub const INGRESS_CLASS_ANNOTATION: &str = "networking.knative.dev/ingress.class";
@@ -88,9 +89,9 @@ pub struct IngressSpec {
 pub struct IngressTls {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret_name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret_namespace: String,
 }
 
@@ -160,10 +161,15 @@ pub struct IngressBackendSplit {
     #[serde(default)]
     pub service_port: ServicePort,
     /// `None` is Knative's "unset", which defaults to 100 for a lone split.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "is_unset_or_zero")]
     pub percent: Option<u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub append_headers: BTreeMap<String, String>,
+}
+
+/// Go's `omitempty` on an int: zero is left out, as Knative serializes the spec.
+fn is_unset_or_zero(percent: &Option<u32>) -> bool {
+    percent.unwrap_or(0) == 0
 }
 
 /// Kubernetes `IntOrString` for a service port.
@@ -436,6 +442,30 @@ impl Ingress {
         }
     }
 
+    /// Knative's hash of an ingress (`ingress.ComputeHash`): SHA-256 of the spec as Go's
+    /// `json.Marshal` writes it (struct field order, `omitempty`, sorted map keys, HTML-safe
+    /// escaping), then the namespace and the name. Probes carry it in `K-Network-Hash`.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_string(&self.spec).expect("an ingress spec always serializes");
+        let mut go_json = String::with_capacity(json.len());
+        for c in json.chars() {
+            match c {
+                '<' => go_json.push_str("\\u003c"),
+                '>' => go_json.push_str("\\u003e"),
+                '&' => go_json.push_str("\\u0026"),
+                '\u{2028}' => go_json.push_str("\\u2028"),
+                '\u{2029}' => go_json.push_str("\\u2029"),
+                c => go_json.push(c),
+            }
+        }
+        let digest = sha2::Sha256::new()
+            .chain_update(go_json.as_bytes())
+            .chain_update(self.metadata.namespace.as_bytes())
+            .chain_update(self.metadata.name.as_bytes())
+            .finalize();
+        hex::encode(digest)
+    }
+
     /// The class this ingress asks for, from either spelling of the annotation.
     pub fn ingress_class(&self) -> Option<&str> {
         let annotations = &self.metadata.annotations;
@@ -590,6 +620,14 @@ spec:
         assert!(errors[0].starts_with("spec.rules[0].http.paths[0].appendHeaders[\":path\"]"));
         assert!(errors[1].contains("splits[0].appendHeaders[\"Host\"]"));
         assert!(errors[2].contains("headers[\"bad header\"]: not a valid HTTP header name"));
+    }
+
+    #[test]
+    fn hash_is_knatives_compute_hash() {
+        let ingress = ingress(HELLO);
+        let spec = r#"{"rules":[{"hosts":["hello.default.example.com"],"visibility":"ExternalIP","http":{"paths":[{"splits":[{"serviceNamespace":"default","serviceName":"hello","servicePort":80,"percent":100}]}]}}],"httpOption":"Enabled"}"#;
+        let expected = hex::encode(sha2::Sha256::digest(format!("{spec}defaulthello")));
+        assert_eq!(ingress.hash(), expected);
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub struct RoutePlan {
     pub headers: BTreeMap<String, String>,
     pub rewrite_host: Option<String>,
     pub set_headers: BTreeMap<String, String>,
+    pub set_response_headers: BTreeMap<String, String>,
     /// Only the splits that receive traffic: a 0% split is left out entirely.
     pub splits: Vec<SplitPlan>,
 }
@@ -67,12 +68,40 @@ pub struct HostRoutes {
     pub internal: Vec<RoutePlan>,
 }
 
+/// Knative's probe: a request with `K-Network-Probe: probe` and `K-Network-Hash: override`
+/// reaches the same backends and comes back with the ingress's hash in `K-Network-Hash`.
+const HASH_HEADER: &str = "K-Network-Hash";
+const HASH_OVERRIDE: &str = "override";
+
+/// The probe twin of a route, as Knative's `InsertProbe` makes it: it also matches
+/// `K-Network-Hash: override` and sets the hash, on the request (as Knative does, for the
+/// backend to echo) and on the response.
+fn probe_twin(route: &RoutePlan, hash: &str) -> RoutePlan {
+    let mut probe = route.clone();
+    probe
+        .headers
+        .insert(HASH_HEADER.to_ascii_lowercase(), HASH_OVERRIDE.to_owned());
+    probe
+        .set_headers
+        .insert(HASH_HEADER.to_owned(), hash.to_owned());
+    probe
+        .set_response_headers
+        .insert(HASH_HEADER.to_owned(), hash.to_owned());
+    probe
+}
+
 /// Plans every host of a (valid, defaulted) ingress.
 pub fn plan_ingress(ingress: &Ingress) -> BTreeMap<String, HostRoutes> {
+    let hash = ingress.hash();
     let mut hosts: BTreeMap<String, HostRoutes> = BTreeMap::new();
     for rule in &ingress.spec.rules {
         let paths = rule.http.iter().flat_map(|http| http.paths.iter());
-        let routes: Vec<RoutePlan> = paths.map(plan_path).collect();
+        let plain: Vec<RoutePlan> = paths.map(plan_path).collect();
+        let routes: Vec<RoutePlan> = plain
+            .iter()
+            .map(|route| probe_twin(route, &hash))
+            .chain(plain.iter().cloned())
+            .collect();
         for host in &rule.hosts {
             let entry = hosts.entry(host.to_ascii_lowercase()).or_default();
             if rule.visibility.unwrap_or_default() == Visibility::ExternalIP {
@@ -102,6 +131,7 @@ fn plan_path(path: &HttpIngressPath) -> RoutePlan {
             .collect(),
         rewrite_host: (!path.rewrite_host.is_empty()).then(|| path.rewrite_host.clone()),
         set_headers: path.append_headers.clone(),
+        set_response_headers: BTreeMap::new(),
         splits: path
             .splits
             .iter()
@@ -187,6 +217,7 @@ fn envoy_route(plan: &RoutePlan) -> Route {
             ..Default::default()
         }),
         request_headers_to_add: set_headers(&plan.set_headers),
+        response_headers_to_add: set_headers(&plan.set_response_headers),
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(cluster_specifier),
             host_rewrite_specifier: plan
@@ -285,12 +316,29 @@ spec:
         let routes = &plan["x.example.com"].external;
         let order: Vec<_> = routes
             .iter()
-            .map(|r| r.splits[0].cluster.service.as_str())
+            .map(|r| {
+                let probe = r.headers.contains_key("k-network-hash");
+                (r.splits[0].cluster.service.as_str(), probe)
+            })
             .collect();
-        assert_eq!(order, ["canary", "api", "root"]);
         assert_eq!(
-            routes[0].headers,
+            order,
+            [
+                ("canary", true),
+                ("api", true),
+                ("canary", false),
+                ("api", false),
+                ("root", true),
+                ("root", false)
+            ]
+        );
+        assert_eq!(
+            routes[2].headers,
             BTreeMap::from([("knative-serving-tag".into(), "canary".into())])
+        );
+        assert_eq!(
+            routes[0].set_response_headers["K-Network-Hash"],
+            routes[0].set_headers["K-Network-Hash"]
         );
     }
 
@@ -312,9 +360,9 @@ spec:
         ));
         let host = &plan["x.ns.svc.cluster.local"];
         assert!(host.external.is_empty());
-        assert_eq!(host.internal.len(), 1);
-        assert_eq!(host.internal[0].splits.len(), 1);
-        assert_eq!(host.internal[0].splits[0].cluster.name(), "ns/a:80");
+        assert_eq!(host.internal.len(), 2, "the route and its probe twin");
+        assert_eq!(host.internal[1].splits.len(), 1);
+        assert_eq!(host.internal[1].splits[0].cluster.name(), "ns/a:80");
     }
 
     #[test]
@@ -324,6 +372,7 @@ spec:
             headers: BTreeMap::new(),
             rewrite_host: Some("backend.internal".into()),
             set_headers: BTreeMap::from([("x-path".into(), "p".into())]),
+            set_response_headers: BTreeMap::new(),
             splits: vec![
                 SplitPlan {
                     cluster: ClusterKey {
