@@ -80,9 +80,10 @@ fn condition(kind: &str, verdict: &Verdict) -> Condition {
 }
 
 fn serves(group: Group, listener: ListenerKind) -> bool {
-    match listener {
-        ListenerKind::External => group.serves_external(),
-        ListenerKind::Internal => group.serves_internal(),
+    if listener.is_external() {
+        group.serves_external()
+    } else {
+        group.serves_internal()
     }
 }
 
@@ -186,6 +187,16 @@ pub fn view(
                 let verdict = Verdict::False(
                     "DomainConflict".to_owned(),
                     format!("host {host} is already served by {winner}"),
+                );
+                (verdict, Verdict::Unknown(String::new(), String::new()))
+            } else if !outcome.tls_problems.is_empty() {
+                let problems: Vec<&str> = outcome.tls_problems.iter().map(String::as_str).collect();
+                let verdict = Verdict::False(
+                    "InvalidTLSSecret".to_owned(),
+                    format!(
+                        "{}; its hosts are not served over HTTPS until the secret is fixed",
+                        problems.join("; ")
+                    ),
                 );
                 (verdict, Verdict::Unknown(String::new(), String::new()))
             } else {

@@ -10,6 +10,7 @@
 mod clusters;
 mod listeners;
 mod routes;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::world::{ChangeSet, NsName, World};
 use crate::xds::{Group, Resource, ResourceUpdate, TypeUrl};
 
 pub use routes::{ClusterKey, LISTENER_HEADER, ListenerKind};
+pub use tls::SecretProblem;
 
 /// Where Envoy's listeners bind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct IngressOutcome {
     pub served_hosts: BTreeSet<String>,
     /// Hosts another ingress won: host → the winner.
     pub conflicts: BTreeMap<String, IngressKey>,
+    /// Why some of its hosts are not served over TLS.
+    pub tls_problems: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -75,6 +79,10 @@ struct HostResources {
     clusters: BTreeSet<ClusterKey>,
     owners: BTreeSet<IngressKey>,
     losers: BTreeSet<IngressKey>,
+    /// The secret the host's ingress names for it, valid or not.
+    secret: Option<NsName>,
+    /// The TLS listeners that serve the host, with the SDS name of its secret.
+    chains: Vec<(ListenerKind, String)>,
 }
 
 /// A host's new resources and how they differ from what it had: computed in parallel, then
@@ -96,6 +104,12 @@ struct BackendResources {
 pub struct Translator {
     config: TranslateConfig,
     listeners_emitted: bool,
+    /// Every secret a host names: its check, and its SDS resource when it passes.
+    secrets: BTreeMap<NsName, Result<Arc<Resource>, SecretProblem>>,
+    secret_hosts: BTreeMap<NsName, BTreeSet<String>>,
+    /// Per TLS listener: SDS name of a secret → the hosts it serves (one SNI chain each).
+    chains: BTreeMap<ListenerKind, BTreeMap<String, BTreeSet<String>>>,
+    https_listeners: BTreeMap<ListenerKind, Arc<Resource>>,
     plans: BTreeMap<IngressKey, Plan>,
     claims: BTreeMap<String, BTreeSet<IngressKey>>,
     hosts: BTreeMap<String, HostResources>,
@@ -109,6 +123,10 @@ impl Translator {
         Translator {
             config,
             listeners_emitted: false,
+            secrets: BTreeMap::new(),
+            secret_hosts: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            https_listeners: BTreeMap::new(),
             plans: BTreeMap::new(),
             claims: BTreeMap::new(),
             hosts: BTreeMap::new(),
@@ -172,9 +190,15 @@ impl Translator {
             self.plans.insert(key.clone(), plan);
         }
 
+        self.check_secrets(world, changes, &mut touched_hosts, &mut out);
         let mut touched_clusters = BTreeSet::new();
+        let chains_before = self.chains.clone();
         for change in par_map(touched_hosts, |host| self.change_host(host)) {
             self.commit_host(change, &mut touched_clusters, &mut out);
+        }
+        self.forget_unused_secrets(&mut out);
+        if self.chains != chains_before {
+            self.rebuild_https_listeners(&mut out);
         }
         for service in changes.services.iter().chain(&changes.endpoints) {
             if let Some(keys) = self.clusters_by_service.get(service) {
@@ -192,14 +216,11 @@ impl Translator {
     }
 
     fn emit_listeners(&mut self, out: &mut Vec<ResourceUpdate>) {
-        for (kind, groups) in [
-            (ListenerKind::External, vec![Group::External, Group::All]),
-            (ListenerKind::Internal, vec![Group::Internal, Group::All]),
-        ] {
+        for kind in [ListenerKind::External, ListenerKind::Internal] {
             let listener = listeners::http_listener(&self.config, kind);
             out.push(ResourceUpdate {
                 type_url: TypeUrl::Listener,
-                groups: Some(groups),
+                groups: Some(groups_of(kind)),
                 name: listener.name.clone(),
                 resource: Some(Resource::new(
                     TypeUrl::Listener,
@@ -210,6 +231,90 @@ impl Translator {
             });
         }
         self.listeners_emitted = true;
+    }
+
+    /// Checks the secrets that changed and the ones newly named by a host about to be rebuilt,
+    /// sending each valid one by SDS. A secret whose validity flips rebuilds the hosts it serves;
+    /// a rotated one only changes its SDS resource.
+    fn check_secrets(
+        &mut self,
+        world: &World,
+        changes: &ChangeSet,
+        touched_hosts: &mut BTreeSet<String>,
+        out: &mut Vec<ResourceUpdate>,
+    ) {
+        let mut names: BTreeSet<NsName> = changes
+            .secrets
+            .iter()
+            .filter(|name| self.secrets.contains_key(*name))
+            .cloned()
+            .collect();
+        for host in touched_hosts.iter() {
+            let Some((winner, _)) = self.decide_host(host) else {
+                continue;
+            };
+            if let Some(secret) = &self.plans[&winner].hosts[host].tls_secret
+                && !self.secrets.contains_key(secret)
+            {
+                names.insert(secret.clone());
+            }
+        }
+        for name in names {
+            let sds_name = name.to_string();
+            let checked = tls::validate(&sds_name, world.secrets.get(&name).map(|s| s.as_ref()))
+                .map(|pair| {
+                    let secret = tls::envoy_secret(&sds_name, &pair);
+                    Resource::new(TypeUrl::Secret, &sds_name, &secret, Vec::new())
+                });
+            let previous = self.secrets.insert(name.clone(), checked.clone());
+            let was_valid = previous.as_ref().map(Result::is_ok);
+            if was_valid.is_some() && was_valid != Some(checked.is_ok()) {
+                touched_hosts.extend(self.secret_hosts.get(&name).into_iter().flatten().cloned());
+            }
+            let old = previous.and_then(Result::ok);
+            diff_one(TypeUrl::Secret, &sds_name, old, checked.ok(), out);
+        }
+    }
+
+    fn forget_unused_secrets(&mut self, out: &mut Vec<ResourceUpdate>) {
+        let unused: Vec<NsName> = self
+            .secrets
+            .keys()
+            .filter(|name| !self.secret_hosts.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in unused {
+            if let Some(Ok(resource)) = self.secrets.remove(&name) {
+                diff_one(
+                    TypeUrl::Secret,
+                    &name.to_string(),
+                    Some(resource),
+                    None,
+                    out,
+                );
+            }
+        }
+    }
+
+    fn rebuild_https_listeners(&mut self, out: &mut Vec<ResourceUpdate>) {
+        for kind in [ListenerKind::ExternalTls, ListenerKind::InternalTls] {
+            let next = self.chains.get(&kind).map(|chains| {
+                let listener = listeners::https_listener(&self.config, kind, chains);
+                Resource::new(TypeUrl::Listener, &listener.name, &listener, Vec::new())
+            });
+            let previous = match &next {
+                Some(next) => self.https_listeners.insert(kind, next.clone()),
+                None => self.https_listeners.remove(&kind),
+            };
+            if previous.as_ref().map(|r| r.digest) != next.as_ref().map(|r| r.digest) {
+                out.push(ResourceUpdate {
+                    type_url: TypeUrl::Listener,
+                    groups: Some(groups_of(kind)),
+                    name: listeners::listener_name(kind).to_owned(),
+                    resource: next,
+                });
+            }
+        }
     }
 
     /// The ingress whose routes a host serves: the oldest claimant, then by key. Claimants with
@@ -278,18 +383,37 @@ impl Translator {
                     &planned.external,
                 ))
             };
-            for (kind, route, groups) in [
-                (
-                    ListenerKind::External,
-                    external_route,
-                    [Group::External, Group::All],
-                ),
-                (
-                    ListenerKind::Internal,
-                    internal_route,
-                    [Group::Internal, Group::All],
-                ),
-            ] {
+            let plain_external_route = if planned.redirect_http && external_route.is_some() {
+                let name = format!("redirect/{host}");
+                let config = routes::redirect_configuration(&name, host);
+                let resource = Resource::new(TypeUrl::RouteConfiguration, &name, &config, vec![]);
+                next.routes.insert(name.clone(), resource);
+                Some(name)
+            } else {
+                external_route.clone()
+            };
+            next.secret = planned.tls_secret.clone();
+            let valid_secret = planned
+                .tls_secret
+                .as_ref()
+                .filter(|secret| matches!(self.secrets.get(*secret), Some(Ok(_))))
+                .map(ToString::to_string);
+            let mut scopes = vec![
+                (ListenerKind::External, plain_external_route),
+                (ListenerKind::Internal, internal_route.clone()),
+            ];
+            if let Some(secret) = &valid_secret {
+                for (kind, route) in [
+                    (ListenerKind::ExternalTls, &external_route),
+                    (ListenerKind::InternalTls, &internal_route),
+                ] {
+                    if route.is_some() {
+                        next.chains.push((kind, secret.clone()));
+                        scopes.push((kind, route.clone()));
+                    }
+                }
+            }
+            for (kind, route) in scopes {
                 if let Some(route) = route {
                     let scope = routes::scoped_route(kind, host, &route);
                     let resource = Resource::new(
@@ -299,7 +423,7 @@ impl Translator {
                         vec![route],
                     );
                     next.scopes
-                        .insert(scope.name.clone(), (groups.to_vec(), resource));
+                        .insert(scope.name.clone(), (groups_of(kind), resource));
                 }
             }
         }
@@ -338,6 +462,50 @@ impl Translator {
         out: &mut Vec<ResourceUpdate>,
     ) {
         out.extend(change.updates);
+        let previous = self.hosts.get(&change.host);
+        let (old_secret, old_chains) = previous
+            .map(|p| (p.secret.clone(), p.chains.clone()))
+            .unwrap_or_default();
+        if old_secret != change.next.secret {
+            if let Some(old) = old_secret
+                && let Some(hosts) = self.secret_hosts.get_mut(&old)
+            {
+                hosts.remove(&change.host);
+                if hosts.is_empty() {
+                    self.secret_hosts.remove(&old);
+                }
+            }
+            if let Some(new) = &change.next.secret {
+                self.secret_hosts
+                    .entry(new.clone())
+                    .or_default()
+                    .insert(change.host.clone());
+            }
+        }
+        if old_chains != change.next.chains {
+            for (kind, secret) in old_chains {
+                let Some(chains) = self.chains.get_mut(&kind) else {
+                    continue;
+                };
+                if let Some(hosts) = chains.get_mut(&secret) {
+                    hosts.remove(&change.host);
+                    if hosts.is_empty() {
+                        chains.remove(&secret);
+                    }
+                }
+                if chains.is_empty() {
+                    self.chains.remove(&kind);
+                }
+            }
+            for (kind, secret) in &change.next.chains {
+                self.chains
+                    .entry(*kind)
+                    .or_default()
+                    .entry(secret.clone())
+                    .or_default()
+                    .insert(change.host.clone());
+            }
+        }
         for key in &change.released {
             self.release_cluster(key, touched_clusters);
         }
@@ -432,6 +600,11 @@ impl Translator {
             };
             if resources.owners.contains(key) {
                 outcome.served_hosts.insert(host.clone());
+                if let Some(Err(problem)) =
+                    resources.secret.as_ref().and_then(|s| self.secrets.get(s))
+                {
+                    outcome.tls_problems.insert(problem.to_string());
+                }
             } else if let Some(winner) = resources.owners.iter().next() {
                 outcome.conflicts.insert(host.clone(), winner.clone());
             }
@@ -446,21 +619,17 @@ impl Translator {
         let mut served = Vec::new();
         for host in &outcome.served_hosts {
             let resources = &self.hosts[host];
-            for (kind, prefix) in [
-                (ListenerKind::External, "external/"),
-                (ListenerKind::Internal, "internal/"),
-            ] {
-                let scope = format!("{prefix}{host}");
-                let Some((_, scope)) = resources.scopes.get(&scope) else {
-                    continue;
-                };
-                let route = resources
-                    .routes
-                    .values()
-                    .find(|route| scope.references.contains(&route.name));
-                if let Some(route) = route {
+            for (scope_name, (_, scope)) in &resources.scopes {
+                let kind = scope_name
+                    .split_once('/')
+                    .and_then(|(k, _)| ListenerKind::parse(k));
+                let route = scope
+                    .references
+                    .first()
+                    .and_then(|r| resources.routes.get(r));
+                if let (Some(listener), Some(route)) = (kind, route) {
                     served.push(ServedRoute {
-                        listener: kind,
+                        listener,
                         name: route.name.clone(),
                         version: route.version.clone(),
                     });
@@ -474,23 +643,37 @@ impl Translator {
     pub fn owners(&self, type_url: TypeUrl, name: &str) -> BTreeSet<IngressKey> {
         match type_url {
             TypeUrl::RouteConfiguration | TypeUrl::ScopedRouteConfiguration => {
-                let host = name
-                    .strip_prefix("external/")
-                    .or_else(|| name.strip_prefix("internal/"))
-                    .unwrap_or(name);
+                let host = name.rsplit_once('/').map_or(name, |(_, host)| host);
                 self.hosts
                     .get(host)
                     .map(|h| h.owners.clone())
                     .unwrap_or_default()
             }
+            TypeUrl::Secret => self
+                .secret_hosts
+                .iter()
+                .filter(|(secret, _)| secret.to_string() == name)
+                .flat_map(|(_, hosts)| hosts.iter())
+                .filter_map(|host| self.hosts.get(host))
+                .flat_map(|h| h.owners.iter().cloned())
+                .collect(),
             TypeUrl::Cluster | TypeUrl::ClusterLoadAssignment => self
                 .hosts
                 .values()
                 .filter(|h| h.clusters.iter().any(|c| c.name() == name))
                 .flat_map(|h| h.owners.iter().cloned())
                 .collect(),
-            TypeUrl::Listener | TypeUrl::Secret => BTreeSet::new(),
+            TypeUrl::Listener => BTreeSet::new(),
         }
+    }
+}
+
+/// The groups of Envoys that hold a listener kind's listener and scopes.
+fn groups_of(kind: ListenerKind) -> Vec<Group> {
+    if kind.is_external() {
+        vec![Group::External, Group::All]
+    } else {
+        vec![Group::Internal, Group::All]
     }
 }
 

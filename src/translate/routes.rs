@@ -7,9 +7,10 @@ use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration,
-    VirtualHost, WeightedCluster,
+    HeaderMatcher, RedirectAction, Route, RouteAction, RouteConfiguration, RouteMatch,
+    ScopedRouteConfiguration, VirtualHost, WeightedCluster,
     header_matcher::HeaderMatchSpecifier,
+    redirect_action::{RedirectResponseCode, SchemeRewriteSpecifier},
     route::Action,
     route_action::{ClusterSpecifier, HostRewriteSpecifier},
     route_match::PathSpecifier,
@@ -20,7 +21,8 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher:
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 use serde::Serialize;
 
-use crate::knative::{HttpIngressPath, Ingress, ServicePort, Visibility};
+use crate::knative::{HttpIngressPath, HttpOption, Ingress, ServicePort, Visibility};
+use crate::world::NsName;
 
 /// The request header the listeners set (overwriting any client value) to say which listener a
 /// request came through; it is the second fragment of every scope key.
@@ -66,6 +68,10 @@ pub struct HostRoutes {
     pub external: Vec<RoutePlan>,
     /// Every rule: what the internal listener serves.
     pub internal: Vec<RoutePlan>,
+    /// `httpOption: Redirected`: plain HTTP on the external listener answers 301 to https.
+    pub redirect_http: bool,
+    /// The secret (`spec.tls`) that serves this host over TLS, first entry naming it wins.
+    pub tls_secret: Option<NsName>,
 }
 
 /// Knative's probe: a request with `K-Network-Probe: probe` and `K-Network-Hash: override`
@@ -93,6 +99,7 @@ fn probe_twin(route: &RoutePlan, hash: &str) -> RoutePlan {
 /// Plans every host of a (valid, defaulted) ingress.
 pub fn plan_ingress(ingress: &Ingress) -> BTreeMap<String, HostRoutes> {
     let hash = ingress.hash();
+    let redirected = ingress.spec.http_option == Some(HttpOption::Redirected);
     let mut hosts: BTreeMap<String, HostRoutes> = BTreeMap::new();
     for rule in &ingress.spec.rules {
         let paths = rule.http.iter().flat_map(|http| http.paths.iter());
@@ -102,12 +109,23 @@ pub fn plan_ingress(ingress: &Ingress) -> BTreeMap<String, HostRoutes> {
             .map(|route| probe_twin(route, &hash))
             .chain(plain.iter().cloned())
             .collect();
+        let external = rule.visibility.unwrap_or_default() == Visibility::ExternalIP;
         for host in &rule.hosts {
             let entry = hosts.entry(host.to_ascii_lowercase()).or_default();
-            if rule.visibility.unwrap_or_default() == Visibility::ExternalIP {
+            if external {
                 entry.external.extend(routes.iter().cloned());
+                entry.redirect_http |= redirected;
             }
             entry.internal.extend(routes.iter().cloned());
+        }
+    }
+    for tls in &ingress.spec.tls {
+        for host in &tls.hosts {
+            if let Some(entry) = hosts.get_mut(&host.to_ascii_lowercase()) {
+                entry.tls_secret.get_or_insert_with(|| {
+                    NsName::new(tls.secret_namespace.clone(), tls.secret_name.clone())
+                });
+            }
         }
     }
     for routes in hosts.values_mut() {
@@ -251,19 +269,67 @@ pub fn route_configuration(name: &str, host: &str, routes: &[RoutePlan]) -> Rout
     }
 }
 
-/// Which listener kind a scope serves; it is the value of [`LISTENER_HEADER`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+/// The route configuration that sends plain HTTP for a host to https with a 301.
+pub fn redirect_configuration(name: &str, host: &str) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: host.to_owned(),
+            domains: vec![host.to_owned(), format!("{host}:*")],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Redirect(RedirectAction {
+                    scheme_rewrite_specifier: Some(SchemeRewriteSpecifier::HttpsRedirect(true)),
+                    response_code: RedirectResponseCode::MovedPermanently as i32,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        request_headers_to_remove: vec![LISTENER_HEADER.to_owned()],
+        ..Default::default()
+    }
+}
+
+/// Which listener a scope serves; it is the value of [`LISTENER_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum ListenerKind {
     External,
     Internal,
+    ExternalTls,
+    InternalTls,
 }
 
 impl ListenerKind {
+    pub const ALL: [ListenerKind; 4] = [
+        ListenerKind::External,
+        ListenerKind::Internal,
+        ListenerKind::ExternalTls,
+        ListenerKind::InternalTls,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ListenerKind::External => "external",
             ListenerKind::Internal => "internal",
+            ListenerKind::ExternalTls => "external-tls",
+            ListenerKind::InternalTls => "internal-tls",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<ListenerKind> {
+        ListenerKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+
+    /// Whether the external proxies serve it (else the internal ones do).
+    pub fn is_external(self) -> bool {
+        matches!(self, ListenerKind::External | ListenerKind::ExternalTls)
     }
 }
 
