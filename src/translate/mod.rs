@@ -907,6 +907,108 @@ spec:
         }
     }
 
+    fn tls_secret(name: &str, certificate: &str, key: &str) -> SourceEvent {
+        let mut secret = tls::tests::secret(certificate, key);
+        secret.metadata.name = Some(name.into());
+        secret.metadata.namespace = Some("default".into());
+        SourceEvent::Upsert(Object::Secret(Box::new(secret)))
+    }
+
+    fn tls_ingress(name: &str, host: &str, secret: &str, http_option: &str) -> SourceEvent {
+        let yaml = format!(
+            r#"
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{networking.knative.dev/ingress.class: {CLASS}}}
+spec:
+  httpOption: {http_option}
+  tls: [{{hosts: [{host}], secretName: {secret}}}]
+  rules:
+  - hosts: [{host}]
+    http:
+      paths:
+      - splits: [{{serviceName: svc-a, servicePort: 80}}]
+"#
+        );
+        let ingress: Ingress = serde_saphyr::from_str(&yaml).unwrap();
+        SourceEvent::Upsert(Object::Ingress(IngressKind::Ingress, Box::new(ingress)))
+    }
+
+    #[test]
+    fn incremental_tls_translation_equals_translation_from_scratch() {
+        let mut world = start();
+        let mut translator = Translator::new(config());
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(translator.apply(&world, &Translator::everything(&world)));
+        let (certificate, key) = tls::tests::self_signed(&["s.example.com"]);
+        let (rotated, rotated_key) = tls::tests::self_signed(&["s.example.com"]);
+        let steps: Vec<(&str, Vec<SourceEvent>)> = vec![
+            (
+                "TLS ingress before its secret",
+                vec![tls_ingress("s", "s.example.com", "cert", "Enabled")],
+            ),
+            (
+                "the secret appears",
+                vec![tls_secret("cert", &certificate, &key)],
+            ),
+            ("rotation", vec![tls_secret("cert", &rotated, &rotated_key)]),
+            (
+                "a key that does not match",
+                vec![tls_secret("cert", &rotated, &key)],
+            ),
+            ("fixed", vec![tls_secret("cert", &certificate, &key)]),
+            (
+                "redirected",
+                vec![tls_ingress("s", "s.example.com", "cert", "Redirected")],
+            ),
+            (
+                "TLS dropped",
+                vec![ingress(
+                    "s",
+                    "s.example.com",
+                    "svc-a",
+                    "2026-01-05T00:00:00Z",
+                )],
+            ),
+        ];
+        for (step, events) in steps {
+            let changes = world.apply(events);
+            snapshot.apply(translator.apply(&world, &changes));
+            assert_eq!(
+                contents(&snapshot),
+                contents(&from_scratch(&world)),
+                "after: {step}"
+            );
+        }
+        let listeners = snapshot.resources(Group::All, TypeUrl::Listener);
+        assert!(
+            !listeners.contains_key("external-https"),
+            "no TLS, no HTTPS listener"
+        );
+        assert!(snapshot.resources(Group::All, TypeUrl::Secret).is_empty());
+    }
+
+    #[test]
+    fn rotating_a_secret_changes_only_its_sds_resource() {
+        let mut world = start();
+        let (certificate, key) = tls::tests::self_signed(&["s.example.com"]);
+        world.apply([
+            tls_ingress("s", "s.example.com", "cert", "Enabled"),
+            tls_secret("cert", &certificate, &key),
+        ]);
+        let mut translator = Translator::new(config());
+        translator.apply(&world, &Translator::everything(&world));
+        let (rotated, rotated_key) = tls::tests::self_signed(&["s.example.com"]);
+        let changes = world.apply([tls_secret("cert", &rotated, &rotated_key)]);
+        let updates = translator.apply(&world, &changes);
+        let touched: Vec<_> = updates
+            .iter()
+            .map(|u| (u.type_url, u.name.as_str()))
+            .collect();
+        assert_eq!(touched, [(TypeUrl::Secret, "default/cert")]);
+    }
+
     #[test]
     fn the_oldest_ingress_wins_a_contested_host() {
         let mut world = start();
