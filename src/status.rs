@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::knative::IngressKey;
 use crate::translate::{ListenerKind, Translator};
 use crate::world::{IngressEntry, IngressProblem};
-use crate::xds::{Group, Proxy, TypeUrl};
+use crate::xds::{Group, Proxy};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
@@ -90,12 +90,12 @@ fn serves(group: Group, listener: ListenerKind) -> bool {
 /// Whether the connected Envoys serve the ingress as it is now: every Envoy that serves one of
 /// its listener kinds has ACKed its routes, and none rejected them.
 fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy>]) -> Verdict {
-    let routes = translator.served_routes(key);
+    let needed = translator.served_resources(key);
     let mut relevant = 0;
     let mut converged = 0;
     for proxy in proxies {
         let group = proxy.group();
-        let wanted: Vec<_> = routes
+        let wanted: Vec<_> = needed
             .iter()
             .filter(|r| serves(group, r.listener))
             .collect();
@@ -112,9 +112,9 @@ fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy
                 wanted.iter().any(|r| &r.name == name)
                     || translator.owners(type_url, name).contains(key)
             });
-            let still_rejected = wanted.iter().any(|r| {
-                state.acked_version(TypeUrl::RouteConfiguration, &r.name) != Some(&r.version)
-            });
+            let still_rejected = wanted
+                .iter()
+                .any(|r| state.acked_version(r.type_url, &r.name) != Some(&r.version));
             if blamed && still_rejected {
                 return Verdict::False(
                     "EnvoyRejected".to_owned(),
@@ -128,9 +128,9 @@ fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy
                 );
             }
         }
-        let acked = wanted.iter().all(|r| {
-            state.acked_version(TypeUrl::RouteConfiguration, &r.name) == Some(r.version.as_str())
-        });
+        let acked = wanted
+            .iter()
+            .all(|r| state.acked_version(r.type_url, &r.name) == Some(r.version.as_str()));
         if acked {
             converged += 1;
         }
@@ -144,7 +144,7 @@ fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy
     if converged < relevant {
         return Verdict::Unknown(
             "Uninitialized".to_owned(),
-            format!("{converged} of {relevant} Envoys have ACKed the current routes"),
+            format!("{converged} of {relevant} Envoys have ACKed the current routes and secrets"),
         );
     }
     Verdict::True
@@ -257,7 +257,7 @@ mod tests {
     use crate::knative::{Ingress, IngressKind};
     use crate::translate::TranslateConfig;
     use crate::world::{Object, SourceEvent, World};
-    use crate::xds::{Mode, Response, Snapshot, StreamState};
+    use crate::xds::{Mode, Response, Snapshot, StreamState, TypeUrl};
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use envoy_types::pb::google::rpc::Status;
     use std::sync::Mutex;
@@ -315,13 +315,14 @@ spec:
         }
     }
 
-    /// An Envoy that has every cluster and endpoint, and has just been sent the routes.
+    /// An Envoy that has every cluster, endpoint and scope, and has just been sent the routes.
     fn proxy_sent_routes(snapshot: &Snapshot) -> (Arc<Proxy>, String) {
         let cluster = "default/svc:80";
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
         for (type_url, names) in [
             (TypeUrl::Cluster, vec![]),
             (TypeUrl::ClusterLoadAssignment, vec![cluster]),
+            (TypeUrl::ScopedRouteConfiguration, vec![]),
         ] {
             stream.on_sotw_request(&request(type_url, &names, ""));
             let sent = nonce(&stream.poll(snapshot));

@@ -44,10 +44,12 @@ pub(crate) fn pack<M: Message + Name>(message: &M) -> Any {
     }
 }
 
-/// A route configuration that serves (part of) an ingress.
+/// A resource an Envoy must hold, at this version, to serve (part of) an ingress on a
+/// listener: the scopes, the route configurations they name, and the TLS secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServedRoute {
+pub struct ServedResource {
     pub listener: ListenerKind,
+    pub type_url: TypeUrl,
     pub name: String,
     pub version: String,
 }
@@ -612,27 +614,41 @@ impl Translator {
         outcome
     }
 
-    /// The route configurations an ingress's served hosts use now, per listener kind, with
-    /// their versions: an Envoy that ACKed all of them serves the ingress as it is.
-    pub fn served_routes(&self, key: &IngressKey) -> Vec<ServedRoute> {
+    /// What an Envoy must have ACKed to serve an ingress as it is now, per listener kind.
+    pub fn served_resources(&self, key: &IngressKey) -> Vec<ServedResource> {
         let outcome = self.outcome(key);
         let mut served = Vec::new();
         for host in &outcome.served_hosts {
             let resources = &self.hosts[host];
             for (scope_name, (_, scope)) in &resources.scopes {
-                let kind = scope_name
+                let Some(listener) = scope_name
                     .split_once('/')
-                    .and_then(|(k, _)| ListenerKind::parse(k));
-                let route = scope
+                    .and_then(|(kind, _)| ListenerKind::parse(kind))
+                else {
+                    continue;
+                };
+                let mut add = |type_url, resource: &Resource| {
+                    served.push(ServedResource {
+                        listener,
+                        type_url,
+                        name: resource.name.clone(),
+                        version: resource.version.clone(),
+                    })
+                };
+                add(TypeUrl::ScopedRouteConfiguration, scope);
+                if let Some(route) = scope
                     .references
                     .first()
-                    .and_then(|r| resources.routes.get(r));
-                if let (Some(listener), Some(route)) = (kind, route) {
-                    served.push(ServedRoute {
-                        listener,
-                        name: route.name.clone(),
-                        version: route.version.clone(),
-                    });
+                    .and_then(|r| resources.routes.get(r))
+                {
+                    add(TypeUrl::RouteConfiguration, route);
+                }
+                let tls = resources.chains.iter().any(|(kind, _)| *kind == listener);
+                if tls
+                    && let Some(Ok(secret)) =
+                        resources.secret.as_ref().and_then(|s| self.secrets.get(s))
+                {
+                    add(TypeUrl::Secret, secret);
                 }
             }
         }
