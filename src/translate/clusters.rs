@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::knative::ServicePort;
 use crate::translate::pack;
 use crate::translate::routes::ClusterKey;
-use crate::world::{NsName, World};
+use crate::world::World;
 
 const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
 const CONNECT_TIMEOUT: Duration = Duration {
@@ -112,12 +112,10 @@ pub struct Backend {
 /// requests get 503 until the Service appears, and nothing else is affected.
 pub fn backend(key: &ClusterKey, world: &World) -> Backend {
     let name = key.name();
-    let service = world
-        .services
-        .get(&NsName::new(key.namespace.clone(), key.service.clone()));
-    let port = service.and_then(|service| service_port(service, &key.port));
+    let service = world.services.get(key.service());
+    let port = service.and_then(|service| service_port(service, key.port()));
     let mut cluster = Cluster {
-        name: name.clone(),
+        name: name.to_owned(),
         connect_timeout: Some(CONNECT_TIMEOUT),
         ..Default::default()
     };
@@ -136,7 +134,7 @@ pub fn backend(key: &ClusterKey, world: &World) -> Backend {
         cluster.cluster_discovery_type =
             Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
         cluster.dns_lookup_family = DnsLookupFamily::V4Preferred as i32;
-        cluster.load_assignment = Some(load_assignment(&name, &addresses));
+        cluster.load_assignment = Some(load_assignment(name, &addresses));
         return Backend {
             cluster,
             endpoints: None,
@@ -152,7 +150,7 @@ pub fn backend(key: &ClusterKey, world: &World) -> Backend {
         .unwrap_or_default();
     Backend {
         cluster,
-        endpoints: Some(load_assignment(&name, &addresses)),
+        endpoints: Some(load_assignment(name, &addresses)),
     }
 }
 
@@ -163,7 +161,7 @@ fn ready_addresses(
     key: &ClusterKey,
     port: &K8sServicePort,
 ) -> BTreeSet<(String, u32)> {
-    let service = NsName::new(key.namespace.clone(), key.service.clone());
+    let service = key.service();
     let wanted = port.name.as_deref().unwrap_or_default();
     let fallback = match &port.target_port {
         Some(IntOrString::Int(number)) => Some(*number),
@@ -180,7 +178,7 @@ fn ready_addresses(
             .and_then(|number| u32::try_from(number).ok())
     };
     let mut addresses = BTreeSet::new();
-    let mut slices = world.slices_of(&service).peekable();
+    let mut slices = world.slices_of(service).peekable();
     if slices.peek().is_some() {
         for slice in slices {
             let ports: Vec<_> = slice
@@ -203,7 +201,7 @@ fn ready_addresses(
         }
         return addresses;
     }
-    if let Some(endpoints) = world.endpoints.get(&service) {
+    if let Some(endpoints) = world.endpoints.get(service) {
         for subset in endpoints.subsets.iter().flatten() {
             let ports: Vec<_> = subset
                 .ports
@@ -244,11 +242,7 @@ mod tests {
     }
 
     fn key(port: ServicePort) -> ClusterKey {
-        ClusterKey {
-            namespace: "default".into(),
-            service: "hello".into(),
-            port,
-        }
+        ClusterKey::new("default", "hello", &port)
     }
 
     fn addresses(cla: &ClusterLoadAssignment) -> Vec<String> {

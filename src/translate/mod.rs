@@ -251,14 +251,16 @@ impl Translator {
             .filter(|name| self.secrets.contains_key(*name))
             .cloned()
             .collect();
-        for host in touched_hosts.iter() {
-            let Some((winner, _)) = self.decide_host(host) else {
-                continue;
-            };
-            if let Some(secret) = &self.plans[&winner].hosts[host].tls_secret
-                && !self.secrets.contains_key(secret)
-            {
-                names.insert(secret.clone());
+        for key in &changes.ingresses {
+            let hosts = self
+                .plans
+                .get(key)
+                .into_iter()
+                .flat_map(|p| p.hosts.values());
+            for secret in hosts.filter_map(|routes| routes.tls_secret.as_ref()) {
+                if !self.secrets.contains_key(secret) {
+                    names.insert(secret.clone());
+                }
             }
         }
         for name in names {
@@ -358,7 +360,7 @@ impl Translator {
             let references = |routes: &[routes::RoutePlan]| -> Vec<String> {
                 let names: BTreeSet<String> = routes
                     .iter()
-                    .flat_map(|r| r.splits.iter().map(|s| s.cluster.name()))
+                    .flat_map(|r| r.splits.iter().map(|s| s.cluster.name().to_owned()))
                     .collect();
                 names.into_iter().collect()
             };
@@ -526,7 +528,7 @@ impl Translator {
         *count += 1;
         if *count == 1 {
             self.clusters_by_service
-                .entry(NsName::new(key.namespace.clone(), key.service.clone()))
+                .entry(key.service().clone())
                 .or_default()
                 .insert(key.clone());
             touched.insert(key.clone());
@@ -540,11 +542,11 @@ impl Translator {
         *count -= 1;
         if *count == 0 {
             self.cluster_refs.remove(key);
-            let service = NsName::new(key.namespace.clone(), key.service.clone());
-            if let Some(keys) = self.clusters_by_service.get_mut(&service) {
+            let service = key.service();
+            if let Some(keys) = self.clusters_by_service.get_mut(service) {
                 keys.remove(key);
                 if keys.is_empty() {
-                    self.clusters_by_service.remove(&service);
+                    self.clusters_by_service.remove(service);
                 }
             }
             touched.insert(key.clone());
@@ -556,9 +558,9 @@ impl Translator {
             let name = key.name();
             let backend = clusters::backend(key, world);
             BackendResources {
-                cluster: Resource::new(TypeUrl::Cluster, &name, &backend.cluster, Vec::new()),
+                cluster: Resource::new(TypeUrl::Cluster, name, &backend.cluster, Vec::new()),
                 endpoints: backend.endpoints.map(|cla| {
-                    Resource::new(TypeUrl::ClusterLoadAssignment, &name, &cla, Vec::new())
+                    Resource::new(TypeUrl::ClusterLoadAssignment, name, &cla, Vec::new())
                 }),
             }
         })
@@ -570,7 +572,7 @@ impl Translator {
         next: Option<BackendResources>,
         out: &mut Vec<ResourceUpdate>,
     ) {
-        let name = key.name();
+        let name = key.name().to_owned();
         let parts = |b: Option<&BackendResources>| match b {
             Some(b) => (Some(b.cluster.clone()), b.endpoints.clone()),
             None => (None, None),

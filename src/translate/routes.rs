@@ -2,6 +2,7 @@
 //! Envoy `RouteConfiguration` and the scopes that select it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
@@ -28,21 +29,42 @@ use crate::world::NsName;
 /// request came through; it is the second fragment of every scope key.
 pub const LISTENER_HEADER: &str = "x-sluice-listener";
 
-/// A backend port as an ingress names it: one Envoy cluster each.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct ClusterKey {
-    pub namespace: String,
-    pub service: String,
-    pub port: ServicePort,
+/// A backend port as an ingress names it: one Envoy cluster each. Plans, routes and reference
+/// counts all hold it, so it is shared, with its cluster name worked out once.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterKey(Arc<ClusterId>);
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct ClusterId {
+    service: NsName,
+    port: ServicePort,
+    name: String,
 }
 
 impl ClusterKey {
-    pub fn name(&self) -> String {
-        format!("{}/{}:{}", self.namespace, self.service, self.port)
+    pub fn new(namespace: &str, service: &str, port: &ServicePort) -> ClusterKey {
+        ClusterKey(Arc::new(ClusterId {
+            name: format!("{namespace}/{service}:{port}"),
+            service: NsName::new(namespace, service),
+            port: port.clone(),
+        }))
+    }
+
+    /// The Envoy cluster name, `<namespace>/<service>:<port>`.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn service(&self) -> &NsName {
+        &self.0.service
+    }
+
+    pub fn port(&self) -> &ServicePort {
+        &self.0.port
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitPlan {
     pub cluster: ClusterKey,
     pub percent: u32,
@@ -50,7 +72,7 @@ pub struct SplitPlan {
 }
 
 /// One Knative path, ready to become one Envoy route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePlan {
     pub prefix: String,
     pub headers: BTreeMap<String, String>,
@@ -62,7 +84,7 @@ pub struct RoutePlan {
 }
 
 /// The routes one host gets from one ingress, per listener kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostRoutes {
     /// ExternalIP rules: served on the external and the internal listeners.
     pub external: Vec<RoutePlan>,
@@ -155,11 +177,11 @@ fn plan_path(path: &HttpIngressPath) -> RoutePlan {
             .iter()
             .filter(|split| split.percent.unwrap_or(0) > 0)
             .map(|split| SplitPlan {
-                cluster: ClusterKey {
-                    namespace: split.service_namespace.clone(),
-                    service: split.service_name.clone(),
-                    port: split.service_port.clone(),
-                },
+                cluster: ClusterKey::new(
+                    &split.service_namespace,
+                    &split.service_name,
+                    &split.service_port,
+                ),
                 percent: split.percent.unwrap_or(0),
                 set_headers: split.append_headers.clone(),
             })
@@ -199,12 +221,14 @@ fn set_headers(headers: &BTreeMap<String, String>) -> Vec<HeaderValueOption> {
 
 fn envoy_route(plan: &RoutePlan) -> Route {
     let cluster_specifier = match plan.splits.as_slice() {
-        [only] if only.set_headers.is_empty() => ClusterSpecifier::Cluster(only.cluster.name()),
+        [only] if only.set_headers.is_empty() => {
+            ClusterSpecifier::Cluster(only.cluster.name().to_owned())
+        }
         splits => ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: splits
                 .iter()
                 .map(|split| ClusterWeight {
-                    name: split.cluster.name(),
+                    name: split.cluster.name().to_owned(),
                     weight: Some(UInt32Value {
                         value: split.percent,
                     }),
@@ -384,7 +408,7 @@ spec:
             .iter()
             .map(|r| {
                 let probe = r.headers.contains_key("k-network-hash");
-                (r.splits[0].cluster.service.as_str(), probe)
+                (r.splits[0].cluster.service().name.as_str(), probe)
             })
             .collect();
         assert_eq!(
@@ -441,20 +465,12 @@ spec:
             set_response_headers: BTreeMap::new(),
             splits: vec![
                 SplitPlan {
-                    cluster: ClusterKey {
-                        namespace: "ns".into(),
-                        service: "a".into(),
-                        port: ServicePort::Number(80),
-                    },
+                    cluster: ClusterKey::new("ns", "a", &ServicePort::Number(80)),
                     percent: 90,
                     set_headers: BTreeMap::from([("x-split".into(), "a".into())]),
                 },
                 SplitPlan {
-                    cluster: ClusterKey {
-                        namespace: "ns".into(),
-                        service: "b".into(),
-                        port: ServicePort::Name("http".into()),
-                    },
+                    cluster: ClusterKey::new("ns", "b", &ServicePort::Name("http".into())),
                     percent: 10,
                     set_headers: BTreeMap::new(),
                 },
