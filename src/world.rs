@@ -158,10 +158,6 @@ impl World {
         }
     }
 
-    pub fn ingress_class(&self) -> &str {
-        &self.ingress_class
-    }
-
     /// Applies a batch and reports what actually changed: an upsert of an identical object is
     /// not a change.
     pub fn apply(&mut self, events: impl IntoIterator<Item = SourceEvent>) -> ChangeSet {

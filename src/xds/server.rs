@@ -91,6 +91,7 @@ pub struct ProxyView {
     pub role: Option<String>,
     pub group: Group,
     pub mode: Mode,
+    pub connected_seconds: u64,
     pub types: BTreeMap<&'static str, crate::xds::TypeStatus>,
 }
 
@@ -102,6 +103,10 @@ impl Proxy {
             role: self.role.clone(),
             group: self.group(),
             mode: self.mode,
+            connected_seconds: self
+                .connected_at
+                .elapsed()
+                .map_or(0, |elapsed| elapsed.as_secs()),
             types: state
                 .status()
                 .into_iter()

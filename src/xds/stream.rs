@@ -171,10 +171,6 @@ impl StreamState {
         }
     }
 
-    pub fn group(&self) -> Group {
-        self.group
-    }
-
     pub fn on_sotw_request(&mut self, request: &DiscoveryRequest) -> RequestOutcome {
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return RequestOutcome::UnknownType(request.type_url.clone());
