@@ -217,14 +217,6 @@ pub fn view(
     conditions.push(condition("NetworkConfigured", &network));
     conditions.push(condition("Ready", &ready));
     let served = matches!(network, Verdict::True);
-    let ingress = entry.served.as_ref().unwrap_or(&entry.latest);
-    let has = |visibility| {
-        ingress
-            .spec
-            .rules
-            .iter()
-            .any(|r| r.visibility.unwrap_or_default() == visibility)
-    };
     let balancer_for = |name: &str| {
         vec![LoadBalancer {
             domain_internal: name.to_owned(),
@@ -237,7 +229,9 @@ pub fn view(
         owned,
         status: IngressStatus {
             conditions,
-            public_load_balancer: if served && has(crate::knative::Visibility::ExternalIP) {
+            // Knative's clients dial every ingress through its public load balancer, so it is
+            // set for ClusterLocal-only ingresses too, as other implementations do.
+            public_load_balancer: if served {
                 balancer_for(EXTERNAL_PROXY)
             } else {
                 Vec::new()

@@ -13,7 +13,9 @@
 
 pub mod backend;
 pub mod client;
+pub mod conformance;
 pub mod envoy;
+pub mod images;
 pub mod manifests;
 pub mod sluice;
 pub mod stack;
