@@ -29,6 +29,7 @@ use support::conformance::{
 };
 use support::images::{HASH_HEADER, PROBE_HEADER, PROBE_VALUE, PingClient, PingStream};
 use support::manifests::{CLASS_ANNOTATION, HttpPath, Rule, Split};
+use support::tls::https_get;
 use support::{secs, within};
 
 /// `header.RouteTagKey`.
@@ -1313,6 +1314,78 @@ async fn host_rewrite(delta: bool) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// tls.go and httpoption.go
+
+/// `RuntimeRequest` over HTTPS: `GET https://{host}/` on the public HTTPS listener, with SNI
+/// `host`, trusting `certificate`; the runtime image's answer or what came back instead.
+async fn https_runtime_request(env: &Env, host: &str, certificate: &str) -> Result<(), String> {
+    let response = https_get(env.stack.sluice.https_addr(), host, certificate).await?;
+    if response.status != 200 {
+        return Err(format!(
+            "GET https://{host}/: status {}, wanted 200; body {:?}",
+            response.status, response.body
+        ));
+    }
+    serde_json::from_str::<serde_json::Value>(&response.body)
+        .map(|_| ())
+        .map_err(|e| format!("GET https://{host}/: not the runtime image's JSON ({e})"))
+}
+
+/// Upstream `tls` (tls.go, `TestIngressTLS`): an ExternalIP ingress with a `spec.tls` entry for
+/// its host, backed by a fresh self-signed secret, answers over HTTP and over HTTPS.
+async fn tls(delta: bool) {
+    let env = Env::start("tls", delta).await;
+    let service = env.create_runtime_service(PORT_NAME_HTTP1, None);
+    let host = env.domain(&service.name);
+    let (secret, certificate) = env.create_tls_secret(&[&host]);
+    let ingress = env
+        .new_ingress(vec![Rule::external(&[&host]).path(path_to(&service))])
+        .tls(&[&host], NAMESPACE, &secret);
+    env.create_ready(ingress).await;
+
+    env.expect_runtime(&host, "/", &[]).await;
+    https_runtime_request(&env, &host, &certificate)
+        .await
+        .unwrap_or_else(|e| panic!("RuntimeRequest over HTTPS: {e}"));
+    env.finish();
+}
+
+/// Upstream `httpoption` (httpoption.go, `TestHTTPOption`): two TLS ingresses, one with
+/// `httpOption: Enabled` and one with `Redirected`. Both answer over HTTPS; plain HTTP gets 200
+/// from the first and a 301 from the second (redirects not followed).
+async fn httpoption(delta: bool) {
+    let env = Env::start("httpoption", delta).await;
+    let mut hosts = Vec::new();
+    for (option, code) in [("Enabled", 200), ("Redirected", 301)] {
+        let service = env.create_runtime_service(PORT_NAME_HTTP1, None);
+        let host = env.domain(&service.name);
+        let (secret, certificate) = env.create_tls_secret(&[&host]);
+        let ingress = env
+            .new_ingress(vec![Rule::external(&[&host]).path(path_to(&service))])
+            .tls(&[&host], NAMESPACE, &secret)
+            .http_option(option);
+        env.create_ready(ingress).await;
+        hosts.push((host, certificate, code, service));
+    }
+    for (host, certificate, code, _service) in &hosts {
+        https_runtime_request(&env, host, certificate)
+            .await
+            .unwrap_or_else(|e| panic!("RuntimeRequest over HTTPS: {e}"));
+        let response = env
+            .client
+            .get(host, "/", &[])
+            .await
+            .unwrap_or_else(|e| panic!("GET http://{host}/: {e}"));
+        assert_eq!(
+            response.status, *code,
+            "GET http://{host}/: status {}, wanted {code}; headers {:?}",
+            response.status, response.headers
+        );
+    }
+    env.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
 
 macro_rules! in_both_modes {
     ($($test:ident),+ $(,)?) => {
@@ -1361,4 +1434,6 @@ in_both_modes!(
     websocket,
     websocket_split,
     host_rewrite,
+    tls,
+    httpoption,
 );

@@ -5,102 +5,16 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
 use support::manifests::{self, HttpPath, Ingress, Rule, SERVICE_PORT, Split};
+use support::tls::{HttpsResponse, certificate, https_get};
 use support::{Backend, ManifestDir, Stack, poll_until};
 
 const NS: &str = "default";
 const CONVERGE: Duration = Duration::from_secs(20);
-
-/// A self-signed certificate for `host` and its key, as PEM.
-fn certificate(host: &str) -> (String, String) {
-    let key = rcgen::KeyPair::generate().expect("a key");
-    let certificate = rcgen::CertificateParams::new(vec![host.to_owned()])
-        .expect("certificate parameters")
-        .self_signed(&key)
-        .expect("a self-signed certificate");
-    (certificate.pem(), key.serialize_pem())
-}
-
-struct HttpsResponse {
-    status: u16,
-    body: String,
-    /// The certificate the server presented.
-    peer: CertificateDer<'static>,
-}
-
-/// `GET https://{host}/` over TLS to `addr`, with SNI `host`, trusting only `trusted` (PEM).
-async fn https_get(addr: SocketAddr, host: &str, trusted: &str) -> Result<HttpsResponse, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(trusted.as_bytes()) {
-        roots
-            .add(cert.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS handshake with {addr} for {host}: {e}"))?;
-        let peer = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .ok_or("no server certificate")?
-            .clone()
-            .into_owned();
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let request = hyper::Request::get("/")
-            .header("host", host)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(HttpsResponse {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            peer,
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| format!("https://{host} via {addr}: timed out"))?
-}
 
 async fn https_until(
     addr: SocketAddr,

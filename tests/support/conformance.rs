@@ -317,7 +317,23 @@ impl Env {
 
     /// `CreateIngressReady`: creates an ingress over `rules` and waits until it is Ready.
     pub async fn create_ingress_ready(&self, rules: Vec<Rule>) -> ReadyIngress {
-        let ingress = self.new_ingress(rules);
+        self.create_ready(self.new_ingress(rules)).await
+    }
+
+    /// `CreateTLSSecret`: a self-signed certificate for `hosts` in a new `kubernetes.io/tls`
+    /// Secret. Returns the secret's name and the certificate (PEM) for clients to trust.
+    pub fn create_tls_secret(&self, hosts: &[&str]) -> (String, String) {
+        let name = self.object_name();
+        let (certificate, key) = super::tls::certificate_for(hosts);
+        let secret = manifests::tls_secret(NAMESPACE, &name, &certificate, &key);
+        self.dir
+            .write(&format!("secret-{name}.yaml"), &manifests::to_yaml(&secret));
+        (name, certificate)
+    }
+
+    /// `CreateIngressReadyWithTLS`: `ingress` as given (with its `spec.tls` and `httpOption`),
+    /// created and waited on until Ready.
+    pub async fn create_ready(&self, ingress: Ingress) -> ReadyIngress {
         let hash = self.write_ingress(&ingress);
         let status = self.wait_ready(&ingress.name, &hash).await;
         // `CreateDialContext` dials the public load balancer of every ingress it is given, and
@@ -329,8 +345,7 @@ impl Env {
             self.error(format!(
                 "ingress {}/{} is Ready but has no status.publicLoadBalancer: upstream's \
                  CreateIngressReady → CreateDialContext (util.go) fails with \"Ingress does not \
-                 have a public load balancer assigned.\" (sluice lists the public load balancer \
-                 only for ingresses with an ExternalIP rule); status: {}",
+                 have a public load balancer assigned.\"; status: {}",
                 NAMESPACE, ingress.name, status["status"]
             ));
         }

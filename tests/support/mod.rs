@@ -19,6 +19,7 @@ pub mod images;
 pub mod manifests;
 pub mod sluice;
 pub mod stack;
+pub mod tls;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
