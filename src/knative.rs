@@ -447,17 +447,21 @@ impl Ingress {
     /// escaping), then the namespace and the name. Probes carry it in `K-Network-Hash`.
     pub fn hash(&self) -> String {
         let json = serde_json::to_string(&self.spec).expect("an ingress spec always serializes");
-        let mut go_json = String::with_capacity(json.len());
-        for c in json.chars() {
-            match c {
-                '<' => go_json.push_str("\\u003c"),
-                '>' => go_json.push_str("\\u003e"),
-                '&' => go_json.push_str("\\u0026"),
-                '\u{2028}' => go_json.push_str("\\u2028"),
-                '\u{2029}' => go_json.push_str("\\u2029"),
-                c => go_json.push(c),
-            }
-        }
+        let go_escaped = ['<', '>', '&', '\u{2028}', '\u{2029}'];
+        let go_json = if json.contains(go_escaped) {
+            json.chars()
+                .map(|c| match c {
+                    '<' => "\\u003c".to_owned(),
+                    '>' => "\\u003e".to_owned(),
+                    '&' => "\\u0026".to_owned(),
+                    '\u{2028}' => "\\u2028".to_owned(),
+                    '\u{2029}' => "\\u2029".to_owned(),
+                    c => c.to_string(),
+                })
+                .collect()
+        } else {
+            json
+        };
         let digest = sha2::Sha256::new()
             .chain_update(go_json.as_bytes())
             .chain_update(self.metadata.namespace.as_bytes())
@@ -628,6 +632,16 @@ spec:
         let spec = r#"{"rules":[{"hosts":["hello.default.example.com"],"visibility":"ExternalIP","http":{"paths":[{"splits":[{"serviceNamespace":"default","serviceName":"hello","servicePort":80,"percent":100}]}]}}],"httpOption":"Enabled"}"#;
         let expected = hex::encode(sha2::Sha256::digest(format!("{spec}defaulthello")));
         assert_eq!(ingress.hash(), expected);
+
+        let mut escaped = ingress.clone();
+        escaped.spec.rules[0].hosts = vec!["a<b>&c".into()];
+        let spec = spec.replace("hello.default.example.com", "a\\u003cb\\u003e\\u0026c");
+        let expected = hex::encode(sha2::Sha256::digest(format!("{spec}defaulthello")));
+        assert_eq!(
+            escaped.hash(),
+            expected,
+            "Go's json.Marshal escapes <, > and &"
+        );
     }
 
     #[test]

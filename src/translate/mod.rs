@@ -353,38 +353,33 @@ impl Translator {
                 .cloned()
                 .collect();
             next.losers = losers;
-            for route in planned.internal.iter().chain(&planned.external) {
+            for route in planned.internal() {
                 next.clusters
-                    .extend(route.splits.iter().map(|split| split.cluster.clone()));
+                    .extend(route.plan.splits.iter().map(|split| split.cluster.clone()));
             }
-            let references = |routes: &[routes::RoutePlan]| -> Vec<String> {
-                let names: BTreeSet<String> = routes
+            let mut add_route = |name: String, plans: Vec<&routes::HostRoute>| {
+                let references: BTreeSet<&str> = plans
                     .iter()
-                    .flat_map(|r| r.splits.iter().map(|s| s.cluster.name().to_owned()))
+                    .flat_map(|r| r.plan.splits.iter().map(|s| s.cluster.name()))
                     .collect();
-                names.into_iter().collect()
-            };
-            let mut add_route = |name: String, plans: &[routes::RoutePlan]| {
-                let config = routes::route_configuration(&name, host, plans);
-                let resource = Resource::new(
-                    TypeUrl::RouteConfiguration,
-                    &name,
-                    &config,
-                    references(plans),
-                );
+                let references = references.into_iter().map(str::to_owned).collect();
+                let config = routes::route_configuration(&name, host, plans.into_iter());
+                let resource =
+                    Resource::new(TypeUrl::RouteConfiguration, &name, &config, references);
                 next.routes.insert(name.clone(), resource);
                 name
             };
-            let internal_route = (!planned.internal.is_empty())
-                .then(|| add_route(host.to_owned(), &planned.internal));
-            let external_route = if planned.external.is_empty() {
+            let internal_route = (!planned.routes.is_empty())
+                .then(|| add_route(host.to_owned(), planned.internal().collect()));
+            let external_count = planned.external().count();
+            let external_route = if external_count == 0 {
                 None
-            } else if planned.external == planned.internal {
+            } else if external_count == planned.routes.len() {
                 internal_route.clone()
             } else {
                 Some(add_route(
                     routes::scope_name(ListenerKind::External, host),
-                    &planned.external,
+                    planned.external().collect(),
                 ))
             };
             let plain_external_route = if planned.redirect_http && external_route.is_some() {

@@ -78,67 +78,68 @@ pub struct RoutePlan {
     pub headers: BTreeMap<String, String>,
     pub rewrite_host: Option<String>,
     pub set_headers: BTreeMap<String, String>,
-    pub set_response_headers: BTreeMap<String, String>,
     /// Only the splits that receive traffic: a 0% split is left out entirely.
     pub splits: Vec<SplitPlan>,
 }
 
-/// The routes one host gets from one ingress, per listener kind.
+/// One route of a host, and whether the external listeners serve it too (it comes from an
+/// ExternalIP rule); the internal listeners serve every route. A path's plan is shared by its
+/// probe twin and by every host of its rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoute {
+    pub external: bool,
+    pub plan: Arc<RoutePlan>,
+    /// For a probe twin, the ingress hash it answers with.
+    pub probe: Option<Arc<str>>,
+}
+
+/// The routes one host gets from one ingress, in match order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostRoutes {
-    /// ExternalIP rules: served on the external and the internal listeners.
-    pub external: Vec<RoutePlan>,
-    /// Every rule: what the internal listener serves.
-    pub internal: Vec<RoutePlan>,
+    pub routes: Vec<HostRoute>,
     /// `httpOption: Redirected`: plain HTTP on the external listener answers 301 to https.
     pub redirect_http: bool,
     /// The secret (`spec.tls`) that serves this host over TLS, first entry naming it wins.
     pub tls_secret: Option<NsName>,
 }
 
-/// Knative's probe: a request with `K-Network-Probe: probe` and `K-Network-Hash: override`
-/// reaches the same backends and comes back with the ingress's hash in `K-Network-Hash`.
-const HASH_HEADER: &str = "K-Network-Hash";
-const HASH_OVERRIDE: &str = "override";
+impl HostRoutes {
+    /// What the internal listeners serve: every route.
+    pub fn internal(&self) -> impl Iterator<Item = &HostRoute> {
+        self.routes.iter()
+    }
 
-/// The probe twin of a route, as Knative's `InsertProbe` makes it: it also matches
-/// `K-Network-Hash: override` and sets the hash, on the request (as Knative does, for the
-/// backend to echo) and on the response.
-fn probe_twin(route: &RoutePlan, hash: &str) -> RoutePlan {
-    let mut probe = route.clone();
-    probe
-        .headers
-        .insert(HASH_HEADER.to_ascii_lowercase(), HASH_OVERRIDE.to_owned());
-    probe
-        .set_headers
-        .insert(HASH_HEADER.to_owned(), hash.to_owned());
-    probe
-        .set_response_headers
-        .insert(HASH_HEADER.to_owned(), hash.to_owned());
-    probe
+    /// What the external listeners serve: the routes of ExternalIP rules.
+    pub fn external(&self) -> impl Iterator<Item = &HostRoute> {
+        self.routes.iter().filter(|route| route.external)
+    }
 }
 
 /// Plans every host of a (valid, defaulted) ingress.
 pub fn plan_ingress(ingress: &Ingress) -> BTreeMap<String, HostRoutes> {
-    let hash = ingress.hash();
+    let hash: Arc<str> = ingress.hash().into();
     let redirected = ingress.spec.http_option == Some(HttpOption::Redirected);
     let mut hosts: BTreeMap<String, HostRoutes> = BTreeMap::new();
     for rule in &ingress.spec.rules {
         let paths = rule.http.iter().flat_map(|http| http.paths.iter());
-        let plain: Vec<RoutePlan> = paths.map(plan_path).collect();
-        let routes: Vec<RoutePlan> = plain
+        let plans: Vec<Arc<RoutePlan>> = paths.map(|path| Arc::new(plan_path(path))).collect();
+        // Knative's InsertProbe puts each path's probe twin before the paths.
+        let routes: Vec<(Arc<RoutePlan>, Option<Arc<str>>)> = plans
             .iter()
-            .map(|route| probe_twin(route, &hash))
-            .chain(plain.iter().cloned())
+            .map(|plan| (plan.clone(), Some(hash.clone())))
+            .chain(plans.iter().map(|plan| (plan.clone(), None)))
             .collect();
         let external = rule.visibility.unwrap_or_default() == Visibility::ExternalIP;
         for host in &rule.hosts {
             let entry = hosts.entry(host.to_ascii_lowercase()).or_default();
-            if external {
-                entry.external.extend(routes.iter().cloned());
-                entry.redirect_http |= redirected;
-            }
-            entry.internal.extend(routes.iter().cloned());
+            entry.redirect_http |= external && redirected;
+            entry
+                .routes
+                .extend(routes.iter().map(|(plan, probe)| HostRoute {
+                    external,
+                    plan: plan.clone(),
+                    probe: probe.clone(),
+                }));
         }
     }
     for tls in &ingress.spec.tls {
@@ -150,9 +151,8 @@ pub fn plan_ingress(ingress: &Ingress) -> BTreeMap<String, HostRoutes> {
             }
         }
     }
-    for routes in hosts.values_mut() {
-        order_routes(&mut routes.external);
-        order_routes(&mut routes.internal);
+    for host in hosts.values_mut() {
+        order_routes(&mut host.routes);
     }
     hosts
 }
@@ -171,7 +171,6 @@ fn plan_path(path: &HttpIngressPath) -> RoutePlan {
             .collect(),
         rewrite_host: (!path.rewrite_host.is_empty()).then(|| path.rewrite_host.clone()),
         set_headers: path.append_headers.clone(),
-        set_response_headers: BTreeMap::new(),
         splits: path
             .splits
             .iter()
@@ -191,12 +190,15 @@ fn plan_path(path: &HttpIngressPath) -> RoutePlan {
 
 /// Longest prefix first; for one prefix, routes with more header matches before the catch-all.
 /// The sort is stable, so among equals the first path of the rule wins, as Knative says.
-fn order_routes(routes: &mut [RoutePlan]) {
+fn order_routes(routes: &mut [HostRoute]) {
+    let header_matches =
+        |route: &HostRoute| route.plan.headers.len() + usize::from(route.probe.is_some());
     routes.sort_by(|a, b| {
-        b.prefix
+        b.plan
+            .prefix
             .len()
-            .cmp(&a.prefix.len())
-            .then(b.headers.len().cmp(&a.headers.len()))
+            .cmp(&a.plan.prefix.len())
+            .then(header_matches(b).cmp(&header_matches(a)))
     });
 }
 
@@ -219,7 +221,27 @@ fn set_headers(headers: &BTreeMap<String, String>) -> Vec<HeaderValueOption> {
         .collect()
 }
 
-fn envoy_route(plan: &RoutePlan) -> Route {
+/// Knative's probe: a request with `K-Network-Probe: probe` and `K-Network-Hash: override`
+/// reaches the same backends and comes back with the ingress's hash in `K-Network-Hash`.
+const HASH_HEADER: &str = "K-Network-Hash";
+const HASH_OVERRIDE: &str = "override";
+
+fn exact_match(name: &str, value: &str) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_owned(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(value.to_owned())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The Envoy route for a path, or for its probe twin, which (as Knative's `InsertProbe` makes
+/// it) also matches `K-Network-Hash: override` and sets the hash, on the request (as Knative
+/// does, for the backend to echo) and on the response.
+fn envoy_route(route: &HostRoute) -> Route {
+    let plan = &route.plan;
     let cluster_specifier = match plan.splits.as_slice() {
         [only] if only.set_headers.is_empty() => {
             ClusterSpecifier::Cluster(only.cluster.name().to_owned())
@@ -245,21 +267,31 @@ fn envoy_route(plan: &RoutePlan) -> Route {
             headers: plan
                 .headers
                 .iter()
-                .map(|(name, value)| HeaderMatcher {
-                    name: name.clone(),
-                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
-                        StringMatcher {
-                            match_pattern: Some(MatchPattern::Exact(value.clone())),
-                            ..Default::default()
-                        },
-                    )),
-                    ..Default::default()
-                })
+                .map(|(name, value)| exact_match(name, value))
+                .chain(
+                    route
+                        .probe
+                        .as_ref()
+                        .map(|_| exact_match(&HASH_HEADER.to_ascii_lowercase(), HASH_OVERRIDE)),
+                )
                 .collect(),
             ..Default::default()
         }),
-        request_headers_to_add: set_headers(&plan.set_headers),
-        response_headers_to_add: set_headers(&plan.set_response_headers),
+        request_headers_to_add: match &route.probe {
+            Some(hash) => plan
+                .set_headers
+                .iter()
+                .filter(|(name, _)| !name.eq_ignore_ascii_case(HASH_HEADER))
+                .map(|(name, value)| set_header(name, value))
+                .chain([set_header(HASH_HEADER, hash)])
+                .collect(),
+            None => set_headers(&plan.set_headers),
+        },
+        response_headers_to_add: route
+            .probe
+            .iter()
+            .map(|hash| set_header(HASH_HEADER, hash))
+            .collect(),
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(cluster_specifier),
             host_rewrite_specifier: plan
@@ -279,13 +311,17 @@ fn envoy_route(plan: &RoutePlan) -> Route {
 
 /// The route configuration for one host. Its single virtual host also lists the domains, so a
 /// route configuration read on its own says which host it is for.
-pub fn route_configuration(name: &str, host: &str, routes: &[RoutePlan]) -> RouteConfiguration {
+pub fn route_configuration<'a>(
+    name: &str,
+    host: &str,
+    routes: impl Iterator<Item = &'a HostRoute>,
+) -> RouteConfiguration {
     RouteConfiguration {
         name: name.to_owned(),
         virtual_hosts: vec![VirtualHost {
             name: host.to_owned(),
             domains: vec![host.to_owned(), format!("{host}:*")],
-            routes: routes.iter().map(envoy_route).collect(),
+            routes: routes.map(envoy_route).collect(),
             ..Default::default()
         }],
         request_headers_to_remove: vec![LISTENER_HEADER.to_owned()],
@@ -403,12 +439,12 @@ spec:
         splits: [{serviceName: canary, servicePort: 80}]
 "#,
         ));
-        let routes = &plan["x.example.com"].external;
+        let routes: Vec<&HostRoute> = plan["x.example.com"].external().collect();
         let order: Vec<_> = routes
             .iter()
             .map(|r| {
-                let probe = r.headers.contains_key("k-network-hash");
-                (r.splits[0].cluster.service().name.as_str(), probe)
+                let probe = r.probe.is_some();
+                (r.plan.splits[0].cluster.service().name.as_str(), probe)
             })
             .collect();
         assert_eq!(
@@ -423,12 +459,32 @@ spec:
             ]
         );
         assert_eq!(
-            routes[2].headers,
+            routes[2].plan.headers,
             BTreeMap::from([("knative-serving-tag".into(), "canary".into())])
         );
+        let probe = envoy_route(routes[0]);
+        let hash = routes[0].probe.as_deref().expect("a probe twin");
+        let matched: Vec<_> = probe
+            .r#match
+            .unwrap()
+            .headers
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        assert_eq!(matched, ["knative-serving-tag", "k-network-hash"]);
+        let set = |headers: &[HeaderValueOption]| {
+            headers
+                .iter()
+                .map(|h| h.header.clone().unwrap())
+                .map(|h| (h.key, h.value))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            routes[0].set_response_headers["K-Network-Hash"],
-            routes[0].set_headers["K-Network-Hash"]
+            set(&probe.response_headers_to_add),
+            [("K-Network-Hash".to_owned(), hash.to_owned())]
+        );
+        assert!(
+            set(&probe.request_headers_to_add).contains(&("K-Network-Hash".into(), hash.into()))
         );
     }
 
@@ -449,10 +505,11 @@ spec:
 "#,
         ));
         let host = &plan["x.ns.svc.cluster.local"];
-        assert!(host.external.is_empty());
-        assert_eq!(host.internal.len(), 2, "the route and its probe twin");
-        assert_eq!(host.internal[1].splits.len(), 1);
-        assert_eq!(host.internal[1].splits[0].cluster.name(), "ns/a:80");
+        assert_eq!(host.external().count(), 0);
+        let internal: Vec<&HostRoute> = host.internal().collect();
+        assert_eq!(internal.len(), 2, "the route and its probe twin");
+        assert_eq!(internal[1].plan.splits.len(), 1);
+        assert_eq!(internal[1].plan.splits[0].cluster.name(), "ns/a:80");
     }
 
     #[test]
@@ -462,7 +519,6 @@ spec:
             headers: BTreeMap::new(),
             rewrite_host: Some("backend.internal".into()),
             set_headers: BTreeMap::from([("x-path".into(), "p".into())]),
-            set_response_headers: BTreeMap::new(),
             splits: vec![
                 SplitPlan {
                     cluster: ClusterKey::new("ns", "a", &ServicePort::Number(80)),
@@ -476,7 +532,12 @@ spec:
                 },
             ],
         };
-        let route = envoy_route(&plan);
+        let route = envoy_route(&HostRoute {
+            external: true,
+            plan: Arc::new(plan),
+            probe: None,
+        });
+        assert!(route.response_headers_to_add.is_empty());
         let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
         assert_eq!(route.request_headers_to_add[0].append_action, overwrite);
         let Some(Action::Route(action)) = route.action else {
