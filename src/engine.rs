@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::status::{self, IngressView};
 use crate::translate::{TranslateConfig, Translator};
-use crate::world::{SourceEvent, World};
+use crate::world::{Kept, SourceEvent, World};
 use crate::xds::{Proxy, Snapshot, SnapshotFeed};
 
 pub struct Engine {
@@ -73,6 +73,11 @@ impl Engine {
         report
     }
 
+    /// What the source could not read this time, and which of its origins read cleanly again.
+    pub fn note_source_health(&mut self, kept: Vec<Kept>, healthy: &[String]) {
+        self.world.note_source_health(kept, healthy);
+    }
+
     /// Whether the first full load is translated and served.
     pub fn ready(&self) -> bool {
         self.publisher.borrow().is_some()
@@ -86,7 +91,13 @@ impl Engine {
         self.world
             .ingresses
             .iter()
-            .map(|(key, entry)| status::view(key, entry, &self.translator, proxies))
+            .map(|(key, entry)| {
+                let mut view = status::view(key, entry, &self.translator, proxies);
+                if let Some(problem) = self.world.kept_problem(key) {
+                    status::mark_unreadable(&mut view, problem);
+                }
+                view
+            })
             .collect()
     }
 }

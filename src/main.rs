@@ -203,10 +203,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(dir = %args.dir.display(), xds = %args.xds_addr, admin = %args.admin_addr, "sluice serving");
     let source = async {
         while let Some(batch) = batches.recv().await {
-            let report = engine
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .apply(batch.events, true);
+            let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+            engine.note_source_health(batch.kept, &batch.healthy);
+            let report = engine.apply(batch.events, true);
+            drop(engine);
             tracing::info!(
                 initial = batch.initial,
                 objects = report.objects_changed,

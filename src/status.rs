@@ -150,6 +150,18 @@ fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy
     Verdict::True
 }
 
+/// The ingress's manifest cannot be read now: its last good version is served, and it is not
+/// Ready until the manifest is fixed.
+pub fn mark_unreadable(view: &mut IngressView, problem: &str) {
+    for condition in &mut view.status.conditions {
+        if condition.kind == "Ready" {
+            condition.status = "False".to_owned();
+            condition.reason = "ManifestUnreadable".to_owned();
+            condition.message = format!("{problem}; the last version read is still served");
+        }
+    }
+}
+
 pub fn view(
     key: &IngressKey,
     entry: &IngressEntry,

@@ -96,6 +96,16 @@ pub enum SourceEvent {
     Delete(ObjectKey),
 }
 
+/// An object the source keeps at its last good version because where it comes from cannot be
+/// read now (a file that no longer parses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub key: ObjectKey,
+    /// Where the object comes from, e.g. a file path; `healthy` reports name it again.
+    pub origin: String,
+    pub problem: String,
+}
+
 /// Why an ingress known to the world is not (or not fully) served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum IngressProblem {
@@ -125,6 +135,9 @@ pub struct World {
     pub secrets: BTreeMap<NsName, Arc<Secret>>,
     /// Service → the names of the slices that label themselves with it.
     slices_by_service: BTreeMap<NsName, BTreeSet<String>>,
+    /// Ingresses served at their last good version because their source is broken:
+    /// key → (origin, problem).
+    kept: BTreeMap<IngressKey, (String, String)>,
 }
 
 /// The objects a batch changed, by kind. Endpoint changes are reported per service.
@@ -299,6 +312,27 @@ impl World {
                 }),
             },
         }
+    }
+
+    /// Records what the source could not read: `healthy` origins are current again, `kept`
+    /// objects are held at their last good version until their origin reads cleanly.
+    pub fn note_source_health(&mut self, kept: Vec<Kept>, healthy: &[String]) {
+        self.kept.retain(|_, (origin, _)| !healthy.contains(origin));
+        for Kept {
+            key,
+            origin,
+            problem,
+        } in kept
+        {
+            if let ObjectKey::Ingress(key) = key {
+                self.kept.insert(key, (origin, problem));
+            }
+        }
+    }
+
+    /// Why an ingress is held at its last good version, if it is.
+    pub fn kept_problem(&self, key: &IngressKey) -> Option<&str> {
+        self.kept.get(key).map(|(_, problem)| problem.as_str())
     }
 
     /// The slices that belong to a service, in name order.

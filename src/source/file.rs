@@ -56,7 +56,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::knative::{self, IngressKind};
-use crate::world::{Object, ObjectKey, SourceEvent};
+use crate::world::{Kept, Object, ObjectKey, SourceEvent};
 
 const DEFAULT_NAMESPACE: &str = "default";
 /// Knative's API version, under [`knative::API_GROUP`].
@@ -77,13 +77,17 @@ const DOCUMENT_ADVICE: &str =
 pub struct Batch {
     pub events: Vec<SourceEvent>,
     pub errors: Vec<FileError>,
+    /// Objects kept at their last good version because the file holding them is broken now.
+    pub kept: Vec<Kept>,
+    /// Files read cleanly (or removed) in this batch: whatever they held is current again.
+    pub healthy: Vec<String>,
     /// Set on the first full load, the one that makes the world complete.
     pub initial: bool,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.errors.is_empty()
+        self.events.is_empty() && self.errors.is_empty() && self.healthy.is_empty()
     }
 }
 
@@ -96,6 +100,16 @@ pub struct FileError {
     /// when the file as a whole could not be used.
     pub document: Option<usize>,
     pub message: String,
+}
+
+impl Kept {
+    fn new(key: &ObjectKey, error: &FileError) -> Kept {
+        Kept {
+            key: key.clone(),
+            origin: error.path.display().to_string(),
+            problem: error.to_string(),
+        }
+    }
 }
 
 fn document_label(document: &Option<usize>) -> String {
@@ -142,6 +156,8 @@ pub struct DirectorySource {
     providers: BTreeMap<ObjectKey, BTreeSet<PathBuf>>,
     /// Objects defined by several files that were already warned about.
     warned_duplicates: BTreeSet<ObjectKey>,
+    /// Files whose last read had errors: reported healthy once they read cleanly again.
+    broken: BTreeSet<PathBuf>,
 }
 
 impl DirectorySource {
@@ -163,6 +179,7 @@ impl DirectorySource {
         }
         Ok(DirectorySource {
             dir,
+            broken: BTreeSet::new(),
             loaded: false,
             files: BTreeMap::new(),
             providers: BTreeMap::new(),
@@ -203,20 +220,35 @@ impl DirectorySource {
             .filter(|path| !present.contains(path))
             .map(|path| (path, None))
             .collect();
+        let mut kept = Vec::new();
+        let mut clean: Vec<PathBuf> = changes.keys().cloned().collect();
         for path in present {
             match read_file(&path) {
                 FileRead::Gone => {
+                    clean.push(path.clone());
                     changes.insert(path, None);
                 }
-                FileRead::Unusable(error) => errors.push(error),
+                FileRead::Unusable(error) => {
+                    let held = self.files.get(&path).into_iter().flatten();
+                    kept.extend(held.map(|(key, _)| Kept::new(key, &error)));
+                    self.broken.insert(path);
+                    errors.push(error);
+                }
                 FileRead::Parsed {
                     mut objects,
                     errors: problems,
                 } => {
-                    if !problems.is_empty() {
-                        for (key, object) in self.files.get(&path).into_iter().flatten() {
-                            objects.entry(key.clone()).or_insert_with(|| object.clone());
+                    match problems.first() {
+                        Some(problem) => {
+                            for (key, object) in self.files.get(&path).into_iter().flatten() {
+                                if !objects.contains_key(key) {
+                                    kept.push(Kept::new(key, problem));
+                                    objects.insert(key.clone(), object.clone());
+                                }
+                            }
+                            self.broken.insert(path.clone());
                         }
+                        None => clean.push(path.clone()),
                     }
                     errors.extend(problems);
                     changes.insert(path, Some(objects));
@@ -226,9 +258,16 @@ impl DirectorySource {
         for error in &errors {
             tracing::warn!("{error}");
         }
+        let healthy = clean
+            .into_iter()
+            .filter(|path| self.broken.remove(path))
+            .map(|path| path.display().to_string())
+            .collect();
         Batch {
             events: self.apply(changes),
             errors,
+            kept,
+            healthy,
             initial: false,
         }
     }
@@ -1088,6 +1127,10 @@ spec:
             shown.starts_with(&format!("{}: not valid YAML", path.display())),
             "{shown}"
         );
+        let kept: Vec<String> = batch.kept.iter().map(|k| k.key.to_string()).collect();
+        assert_eq!(kept, ["Ingress/default/hello", "Service/default/web"]);
+        assert_eq!(batch.kept[0].problem, shown);
+        assert!(batch.healthy.is_empty());
 
         // One bad document: the good one is applied, the bad one's object keeps its last version.
         let bad_ingress = INGRESS.replace("servicePort: 80", "servicePort: [80]");
@@ -1107,11 +1150,18 @@ spec:
             shown.contains("(document 2): Ingress \"hello\" at line 7: spec.rules[0].http.paths[0].splits[0].servicePort"),
             "{shown}"
         );
+        let kept: Vec<String> = batch.kept.iter().map(|k| k.key.to_string()).collect();
+        assert_eq!(
+            kept,
+            ["Ingress/default/hello"],
+            "only the bad document's object is held back"
+        );
 
         // Clean again: what the file no longer holds goes.
         fs::write(&path, SERVICE).unwrap();
         let batch = source.reload(std::slice::from_ref(&path));
         assert!(batch.errors.is_empty());
+        assert_eq!(batch.healthy, [path.display().to_string()]);
         assert_eq!(upserted(&batch), ["Service/default/web"]);
         assert_eq!(deleted(&batch), ["Ingress/default/hello"]);
     }
