@@ -45,23 +45,11 @@ impl Proxy {
     }
 }
 
-/// Every connected Envoy, by stream; changes are announced on `changes` so that status can
-/// follow ACKs and NACKs.
-#[derive(Debug)]
+/// Every connected Envoy, by stream. Status reads their ACKs and NACKs when asked.
+#[derive(Debug, Default)]
 pub struct ProxyRegistry {
     proxies: Mutex<BTreeMap<u64, Arc<Proxy>>>,
     next_id: AtomicU64,
-    changes: watch::Sender<u64>,
-}
-
-impl Default for ProxyRegistry {
-    fn default() -> Self {
-        ProxyRegistry {
-            proxies: Mutex::new(BTreeMap::new()),
-            next_id: AtomicU64::new(0),
-            changes: watch::channel(0).0,
-        }
-    }
 }
 
 impl ProxyRegistry {
@@ -69,18 +57,10 @@ impl ProxyRegistry {
         self.lock().values().cloned().collect()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Proxy>>> {
         self.proxies
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn announce(&self) {
-        self.changes.send_modify(|generation| *generation += 1);
     }
 }
 
@@ -255,7 +235,6 @@ impl AdsService {
                     }
                 }
             }
-            self.registry.announce();
             tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(request)) => pending = Some(request),
@@ -269,7 +248,6 @@ impl AdsService {
             }
         }
         self.registry.lock().remove(&id);
-        self.registry.announce();
         self.metrics.connected_proxies.dec();
         tracing::info!(node = %proxy.node_id, "Envoy disconnected");
     }
