@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::xds::TypeUrl;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TypeLabel {
     pub r#type: &'static str,
@@ -58,6 +60,12 @@ impl Default for Metrics {
             "Envoy resources added, changed or removed by translation",
             resources_changed.clone(),
         );
+        // Every type's series exists from the start, at zero, so that alerts on them work before
+        // the first push or rejection.
+        for r#type in TypeUrl::ALL.map(TypeUrl::short) {
+            pushes.get_or_create(&TypeLabel { r#type });
+            rejects.get_or_create(&TypeLabel { r#type });
+        }
         Metrics {
             registry,
             connected_proxies,
@@ -85,5 +93,30 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_is_reported_from_the_start() {
+        let metrics = Metrics::default();
+        metrics.record_reject("RDS");
+        let text = metrics.encode();
+        assert!(
+            text.contains("sluice_xds_rejects_total{type=\"CDS\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_xds_rejects_total{type=\"RDS\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_xds_pushes_total{type=\"SDS\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_xds_connected_proxies 0"), "{text}");
     }
 }
