@@ -63,8 +63,8 @@ impl Default for Metrics {
         // Every type's series exists from the start, at zero, so that alerts on them work before
         // the first push or rejection.
         for r#type in TypeUrl::ALL.map(TypeUrl::short) {
-            pushes.get_or_create(&TypeLabel { r#type });
-            rejects.get_or_create(&TypeLabel { r#type });
+            pushes.get_or_create(&TypeLabel { r#type }).inc_by(0);
+            rejects.get_or_create(&TypeLabel { r#type }).inc_by(0);
         }
         Metrics {
             registry,
