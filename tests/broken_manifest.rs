@@ -1,6 +1,7 @@
 //! A manifest that stops parsing keeps its ingress served at the last version read, and the
 //! ingress says so in its status until the file is fixed. Both modes, real Envoy.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -53,16 +54,4 @@ async fn broken_file_keeps_serving_and_says_so(delta: bool) {
         .await;
 }
 
-mod sotw {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn broken_file_keeps_serving_and_says_so() {
-        super::broken_file_keeps_serving_and_says_so(false).await;
-    }
-}
-
-mod delta {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn broken_file_keeps_serving_and_says_so() {
-        super::broken_file_keeps_serving_and_says_so(true).await;
-    }
-}
+in_both_modes!(broken_file_keeps_serving_and_says_so);

@@ -12,6 +12,7 @@
 //!
 //! Run: `cargo test --test conformance`.
 
+#[macro_use]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1386,29 +1387,6 @@ async fn httpoption(delta: bool) {
 }
 
 // ---------------------------------------------------------------------------------------------
-
-macro_rules! in_both_modes {
-    ($($test:ident),+ $(,)?) => {
-        /// State-of-the-world ADS.
-        mod sotw {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(false).await;
-                }
-            )+
-        }
-        /// Incremental (delta) ADS.
-        mod delta {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(true).await;
-                }
-            )+
-        }
-    };
-}
 
 in_both_modes!(
     basics,

@@ -6,6 +6,7 @@
 //! backends; every wait and loop is bounded. On a failed assertion the stack's Drop prints the
 //! Envoy and sluice log tails.
 
+#[macro_use]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1434,29 +1435,6 @@ async fn endpoint_slices_are_followed(delta: bool) {
 }
 
 // ---------------------------------------------------------------------------------------------
-
-macro_rules! in_both_modes {
-    ($($test:ident),+ $(,)?) => {
-        /// State-of-the-world ADS.
-        mod sotw {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(false).await;
-                }
-            )+
-        }
-        /// Incremental (delta) ADS.
-        mod delta {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(true).await;
-                }
-            )+
-        }
-    };
-}
 
 in_both_modes!(
     host_path_and_header_dispatch,

@@ -2,6 +2,7 @@
 //! gets `Ready=False` with reason `DomainConflict`, and takes the host over when the older one
 //! goes. Both modes, real Envoy.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -67,16 +68,4 @@ async fn older_ingress_wins(delta: bool) {
     assert_eq!(response.status, 200);
 }
 
-mod sotw {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn older_ingress_wins() {
-        super::older_ingress_wins(false).await;
-    }
-}
-
-mod delta {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn older_ingress_wins() {
-        super::older_ingress_wins(true).await;
-    }
-}
+in_both_modes!(older_ingress_wins);

@@ -2,6 +2,7 @@
 //! external proxy that only has the external listener and an internal proxy that only has the
 //! internal one. Both modes; real Envoys, real requests.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -104,16 +105,4 @@ async fn two_proxies_split_by_role(delta: bool) {
     );
 }
 
-mod sotw {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_proxies_split_by_role() {
-        super::two_proxies_split_by_role(false).await;
-    }
-}
-
-mod delta {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_proxies_split_by_role() {
-        super::two_proxies_split_by_role(true).await;
-    }
-}
+in_both_modes!(two_proxies_split_by_role);

@@ -2,6 +2,7 @@
 //! delivered by SDS, rotation that changes no listener, a bad secret that fails only the
 //! ingresses naming it (and never reaches Envoy), and HTTP redirected to HTTPS per ingress.
 
+#[macro_use]
 mod support;
 
 use std::net::SocketAddr;
@@ -173,16 +174,4 @@ async fn tls_end_to_end(delta: bool) {
     );
 }
 
-mod sotw {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn tls_end_to_end() {
-        super::tls_end_to_end(false).await;
-    }
-}
-
-mod delta {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn tls_end_to_end() {
-        super::tls_end_to_end(true).await;
-    }
-}
+in_both_modes!(tls_end_to_end);

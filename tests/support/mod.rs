@@ -9,7 +9,32 @@
 //! - `SLUICE_TEST_BIN`: the sluice binary to test (default: the one cargo built).
 //! - `SLUICE_TEST_ENVOY_LOG_LEVEL`: Envoy's `--log-level` (default `info`).
 //! - `SLUICE_TEST_KEEP=1`: keep the temp dirs (logs, bootstrap) of Envoy and sluice.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code, unused_imports, unused_macros)]
+
+/// Instantiates each `async fn name(delta: bool)` twice: `sotw::name` on state-of-the-world
+/// ADS and `delta::name` on incremental ADS. Use it with `#[macro_use] mod support;`.
+macro_rules! in_both_modes {
+    ($($test:ident),+ $(,)?) => {
+        /// State-of-the-world ADS.
+        mod sotw {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(false).await;
+                }
+            )+
+        }
+        /// Incremental (delta) ADS.
+        mod delta {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(true).await;
+                }
+            )+
+        }
+    };
+}
 
 pub mod backend;
 pub mod client;
