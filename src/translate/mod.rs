@@ -192,14 +192,16 @@ impl Translator {
             self.plans.insert(key.clone(), plan);
         }
 
-        self.check_secrets(world, changes, &mut touched_hosts, &mut out);
+        // Secrets checked now, or whose last host leaves now, may end up unused.
+        let mut maybe_unused = self.check_secrets(world, changes, &mut touched_hosts, &mut out);
         let mut touched_clusters = BTreeSet::new();
-        let chains_before = self.chains.clone();
+        let mut chains_changed = false;
         for change in par_map(touched_hosts, |host| self.change_host(host)) {
-            self.commit_host(change, &mut touched_clusters, &mut out);
+            chains_changed |=
+                self.commit_host(change, &mut touched_clusters, &mut maybe_unused, &mut out);
         }
-        self.forget_unused_secrets(&mut out);
-        if self.chains != chains_before {
+        self.forget_unused_secrets(maybe_unused, &mut out);
+        if chains_changed {
             self.rebuild_https_listeners(&mut out);
         }
         for service in changes.services.iter().chain(&changes.endpoints) {
@@ -236,15 +238,15 @@ impl Translator {
     }
 
     /// Checks the secrets that changed and the ones newly named by a host about to be rebuilt,
-    /// sending each valid one by SDS. A secret whose validity flips rebuilds the hosts it serves;
-    /// a rotated one only changes its SDS resource.
+    /// sending each valid one by SDS, and returns their names. A secret whose validity flips
+    /// rebuilds the hosts it serves; a rotated one only changes its SDS resource.
     fn check_secrets(
         &mut self,
         world: &World,
         changes: &ChangeSet,
         touched_hosts: &mut BTreeSet<String>,
         out: &mut Vec<ResourceUpdate>,
-    ) {
+    ) -> BTreeSet<NsName> {
         let mut names: BTreeSet<NsName> = changes
             .secrets
             .iter()
@@ -263,9 +265,9 @@ impl Translator {
                 }
             }
         }
-        for name in names {
+        for name in &names {
             let sds_name = name.to_string();
-            let checked = tls::validate(&sds_name, world.secrets.get(&name).map(|s| s.as_ref()))
+            let checked = tls::validate(&sds_name, world.secrets.get(name).map(|s| s.as_ref()))
                 .map(|pair| {
                     let secret = tls::envoy_secret(&sds_name, &pair);
                     Resource::new(TypeUrl::Secret, &sds_name, &secret, Vec::new())
@@ -273,21 +275,24 @@ impl Translator {
             let previous = self.secrets.insert(name.clone(), checked.clone());
             let was_valid = previous.as_ref().map(Result::is_ok);
             if was_valid.is_some() && was_valid != Some(checked.is_ok()) {
-                touched_hosts.extend(self.secret_hosts.get(&name).into_iter().flatten().cloned());
+                touched_hosts.extend(self.secret_hosts.get(name).into_iter().flatten().cloned());
             }
             let old = previous.and_then(Result::ok);
             diff_one(TypeUrl::Secret, &sds_name, old, checked.ok(), out);
         }
+        names
     }
 
-    fn forget_unused_secrets(&mut self, out: &mut Vec<ResourceUpdate>) {
-        let unused: Vec<NsName> = self
-            .secrets
-            .keys()
-            .filter(|name| !self.secret_hosts.contains_key(*name))
-            .cloned()
-            .collect();
-        for name in unused {
+    /// Drops the secrets among `candidates` that no host names any more.
+    fn forget_unused_secrets(
+        &mut self,
+        candidates: BTreeSet<NsName>,
+        out: &mut Vec<ResourceUpdate>,
+    ) {
+        for name in candidates {
+            if self.secret_hosts.contains_key(&name) {
+                continue;
+            }
             if let Some(Ok(resource)) = self.secrets.remove(&name) {
                 diff_one(
                     TypeUrl::Secret,
@@ -454,12 +459,15 @@ impl Translator {
         }
     }
 
+    /// Moves a host's change into the indexes; says whether the host's TLS chains changed, so
+    /// that the HTTPS listeners are rebuilt only then.
     fn commit_host(
         &mut self,
         change: HostChange,
         touched_clusters: &mut BTreeSet<ClusterKey>,
+        maybe_unused_secrets: &mut BTreeSet<NsName>,
         out: &mut Vec<ResourceUpdate>,
-    ) {
+    ) -> bool {
         out.extend(change.updates);
         let previous = self.hosts.get(&change.host);
         let (old_secret, old_chains) = previous
@@ -472,6 +480,7 @@ impl Translator {
                 hosts.remove(&change.host);
                 if hosts.is_empty() {
                     self.secret_hosts.remove(&old);
+                    maybe_unused_secrets.insert(old);
                 }
             }
             if let Some(new) = &change.next.secret {
@@ -481,7 +490,8 @@ impl Translator {
                     .insert(change.host.clone());
             }
         }
-        if old_chains != change.next.chains {
+        let chains_changed = old_chains != change.next.chains;
+        if chains_changed {
             for (kind, secret) in old_chains {
                 let Some(chains) = self.chains.get_mut(&kind) else {
                     continue;
@@ -516,6 +526,7 @@ impl Translator {
         } else {
             self.hosts.insert(change.host, change.next);
         }
+        chains_changed
     }
 
     fn retain_cluster(&mut self, key: &ClusterKey, touched: &mut BTreeSet<ClusterKey>) {
@@ -971,6 +982,13 @@ spec:
                 vec![tls_secret("cert", &rotated, &key)],
             ),
             ("fixed", vec![tls_secret("cert", &certificate, &key)]),
+            (
+                "a losing claimant names a secret no served host uses",
+                vec![
+                    tls_secret("other", &rotated, &rotated_key),
+                    tls_ingress("z-loser", "s.example.com", "other", "Redirected"),
+                ],
+            ),
             (
                 "redirected",
                 vec![tls_ingress("s", "s.example.com", "cert", "Redirected")],
