@@ -64,7 +64,7 @@ struct InFlight {
     nonce: String,
     version: String,
     /// What the client holds of this type once it accepts the response.
-    changes: Vec<(String, Option<Held>)>,
+    changes: BTreeMap<String, Option<Held>>,
 }
 
 /// What the client holds of a resource: the version, and the resource itself when this stream
@@ -379,7 +379,7 @@ impl StreamState {
                 && state
                     .in_flight
                     .as_ref()
-                    .is_none_or(|f| f.changes.iter().all(|(changed, _)| changed != name))
+                    .is_none_or(|f| !f.changes.contains_key(name))
         })
     }
 
@@ -493,7 +493,7 @@ impl StreamState {
         }
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
-        let mut changes: Vec<(String, Option<Held>)> = changed
+        let mut changes: BTreeMap<String, Option<Held>> = changed
             .iter()
             .map(|resource| (resource.name.clone(), Some(Held::of(resource))))
             .collect();
