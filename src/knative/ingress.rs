@@ -3,10 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use super::status::IngressStatus;
+
 pub const API_GROUP: &str = "networking.internal.knative.dev";
+pub const API_VERSION: &str = "v1alpha1";
 pub const INGRESS_CLASS_ANNOTATION: &str = "networking.knative.dev/ingress.class";
 /// Older spelling of the class annotation, still honoured by Knative.
 pub const LEGACY_INGRESS_CLASS_ANNOTATION: &str = "networking.knative.dev/ingress-class";
@@ -71,9 +76,40 @@ pub struct Ingress {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: IngressSpec,
+    /// The status the API server holds: reported, never served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<IngressStatus>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Two printer columns repeat the derive's `printcolumn` attribute, which is how it takes a list.
+#[allow(clippy::duplicated_attributes)]
+/// The spec both kinds share. The derives also make the API server's view of the two kinds
+/// ([`IngressResource`], [`ClusterIngressResource`]) and their CRDs.
+#[derive(
+    CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
+#[kube(
+    group = "networking.internal.knative.dev",
+    version = "v1alpha1",
+    kind = "Ingress",
+    root = "IngressResource",
+    namespaced,
+    status = "IngressStatus",
+    shortname = "kingress",
+    shortname = "king",
+    category = "knative-internal",
+    category = "networking",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].reason"
+    )
+)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -84,7 +120,37 @@ pub struct IngressSpec {
     pub http_option: Option<HttpOption>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Two printer columns repeat the derive's `printcolumn` attribute, which is how it takes a list.
+#[allow(clippy::duplicated_attributes)]
+/// The legacy cluster-scoped kind: the same spec as [`IngressSpec`], no namespace.
+#[derive(
+    CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
+#[kube(
+    group = "networking.internal.knative.dev",
+    version = "v1alpha1",
+    kind = "ClusterIngress",
+    root = "ClusterIngressResource",
+    status = "IngressStatus",
+    category = "knative-internal",
+    category = "networking",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].reason"
+    )
+)]
+pub struct ClusterIngressSpec {
+    #[serde(flatten)]
+    pub spec: IngressSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressTls {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -96,7 +162,18 @@ pub struct IngressTls {
 }
 
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
 pub enum Visibility {
     #[default]
@@ -104,14 +181,14 @@ pub enum Visibility {
     ClusterLocal,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum HttpOption {
     #[default]
     Enabled,
     Redirected,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -122,14 +199,14 @@ pub struct IngressRule {
     pub http: Option<HttpIngressRuleValue>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpIngressRuleValue {
     #[serde(default)]
     pub paths: Vec<HttpIngressPath>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpIngressPath {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -144,14 +221,14 @@ pub struct HttpIngressPath {
     pub append_headers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderMatch {
     #[serde(default)]
     pub exact: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressBackendSplit {
     #[serde(default)]
@@ -183,6 +260,22 @@ pub enum ServicePort {
 impl Default for ServicePort {
     fn default() -> Self {
         ServicePort::Number(0)
+    }
+}
+
+/// Kubernetes spells an int-or-string with its own schema extension; a structural CRD schema
+/// has no other way to say it.
+impl JsonSchema for ServicePort {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrString".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
     }
 }
 
@@ -468,6 +561,12 @@ impl Ingress {
             .chain_update(self.metadata.name.as_bytes())
             .finalize();
         hex::encode(digest)
+    }
+
+    /// Whether two versions ask for the same thing: the same metadata and spec, whatever the
+    /// status says.
+    pub fn same_request(&self, other: &Ingress) -> bool {
+        self.metadata == other.metadata && self.spec == other.spec
     }
 
     /// The class this ingress asks for, from either spelling of the annotation.
