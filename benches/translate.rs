@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use sluice::engine::Engine;
 use sluice::knative::{Ingress, IngressKind};
 use sluice::metrics::Metrics;
+use sluice::status::LoadBalancers;
 use sluice::translate::{TranslateConfig, Translator};
 use sluice::world::{Object, SourceEvent, World};
 
@@ -112,7 +113,12 @@ fn main() {
                 .collect(),
         );
 
-        let (mut engine, _feed) = Engine::new(CLASS, config(), Arc::new(Metrics::default()));
+        let (mut engine, _feed) = Engine::new(
+            CLASS,
+            config(),
+            LoadBalancers::default(),
+            Arc::new(Metrics::default()),
+        );
         engine.apply(fleet(n), true);
         let target = n / 2;
         let mut changed = 0;

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::status::{Condition, IngressStatus, IngressView, LoadBalancer};
+use crate::status::writer::OtherReplicas;
+use crate::status::{Condition, Envoys, IngressStatus, IngressView, LoadBalancer};
 use crate::xds::{Group, ProxyRegistry, ProxyView, TypeUrl, to_json};
 
 pub mod api {
@@ -25,6 +26,8 @@ pub struct AdminState {
     pub engine: Arc<Mutex<Engine>>,
     pub registry: Arc<ProxyRegistry>,
     pub metrics: Arc<Metrics>,
+    /// What the other replicas' Envoys ACKed (none in file mode).
+    pub others: Arc<OtherReplicas>,
 }
 
 impl AdminState {
@@ -34,7 +37,11 @@ impl AdminState {
 
     pub fn ingresses(&self) -> Vec<IngressView> {
         let proxies = self.registry.proxies();
-        self.engine().ingresses(&proxies)
+        let others = self.others.current();
+        self.engine().ingresses(Envoys {
+            local: &proxies,
+            remote: &others,
+        })
     }
 }
 

@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use crate::knative::{self, IngressKey};
 use crate::metrics::Metrics;
-use crate::status::{self, IngressView};
+use crate::status::{self, Envoys, IngressView, LoadBalancers};
 use crate::translate::{TranslateConfig, Translator};
+use crate::world::IngressProblem;
 use crate::world::{Kept, SourceEvent, World};
-use crate::xds::{Proxy, Snapshot, SnapshotFeed};
+use crate::xds::{Snapshot, SnapshotFeed};
 
 pub struct Engine {
     world: World,
@@ -18,6 +20,7 @@ pub struct Engine {
     snapshot: Snapshot,
     publisher: watch::Sender<Option<Arc<Snapshot>>>,
     metrics: Arc<Metrics>,
+    balancers: LoadBalancers,
 }
 
 /// What one batch cost.
@@ -32,6 +35,7 @@ impl Engine {
     pub fn new(
         ingress_class: &str,
         config: TranslateConfig,
+        balancers: LoadBalancers,
         metrics: Arc<Metrics>,
     ) -> (Engine, SnapshotFeed) {
         let (publisher, feed) = watch::channel(None);
@@ -41,6 +45,7 @@ impl Engine {
             snapshot: Snapshot::default(),
             publisher,
             metrics,
+            balancers,
         };
         (engine, feed)
     }
@@ -87,17 +92,53 @@ impl Engine {
         &self.snapshot
     }
 
-    pub fn ingresses(&self, proxies: &[Arc<Proxy>]) -> Vec<IngressView> {
+    /// Every ingress known, with its status.
+    pub fn ingresses(&self, envoys: Envoys) -> Vec<IngressView> {
         self.world
             .ingresses
-            .iter()
-            .map(|(key, entry)| {
-                let mut view = status::view(key, entry, &self.translator, proxies);
-                if let Some(problem) = self.world.kept_problem(key) {
-                    status::mark_unreadable(&mut view, problem);
-                }
-                view
-            })
+            .keys()
+            .map(|key| self.view(key, envoys))
             .collect()
+    }
+
+    fn view(&self, key: &IngressKey, envoys: Envoys) -> IngressView {
+        let entry = &self.world.ingresses[key];
+        let mut view = status::view(key, entry, &self.translator, envoys, &self.balancers);
+        if let Some(problem) = self.world.kept_problem(key) {
+            status::mark_unreadable(&mut view, problem);
+        }
+        view
+    }
+
+    /// Calls `each` with every owned ingress, the status Knative's reconcilers would give it
+    /// now, and the status the source last saw on it.
+    pub fn knative_statuses(
+        &self,
+        envoys: Envoys,
+        now: &str,
+        each: &mut dyn FnMut(&IngressKey, knative::IngressStatus, Option<&knative::IngressStatus>),
+    ) {
+        for (key, entry) in &self.world.ingresses {
+            if matches!(entry.problem, Some(IngressProblem::NotOwned { .. })) {
+                continue;
+            }
+            let observed = entry.latest.status.as_ref();
+            let wanted = status::knative_status(
+                &self.view(key, envoys),
+                entry.latest.metadata.generation,
+                observed,
+                now,
+            );
+            each(key, wanted, observed);
+        }
+    }
+
+    /// This replica's report on its own Envoys (see `status::replicas`).
+    pub fn local_report(
+        &self,
+        replica: &str,
+        proxies: &[Arc<crate::xds::Proxy>],
+    ) -> status::replicas::ReplicaReport {
+        status::local_report(replica, &self.world.ingresses, &self.translator, proxies)
     }
 }

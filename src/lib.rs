@@ -7,9 +7,12 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod cluster;
 pub mod engine;
+pub mod install;
 pub mod knative;
 pub mod metrics;
+pub mod runtime;
 pub mod source;
 pub mod status;
 pub mod translate;

@@ -4,21 +4,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-
-use sluice::admin::{self, AdminState, api};
+use sluice::admin::api;
 use sluice::bootstrap::{self, BootstrapConfig};
-use sluice::engine::Engine;
-use sluice::metrics::Metrics;
-use sluice::source::file;
-use sluice::status::IngressView;
+use sluice::cluster::ClusterOptions;
+use sluice::install;
+use sluice::runtime::{self, KubernetesOptions, ServeOptions, SourceOptions};
+use sluice::status::writer::Timing;
+use sluice::status::{IngressView, LoadBalancers};
 use sluice::translate::TranslateConfig;
-use sluice::xds::{AdsService, ProxyRegistry};
 
 /// Translation allocates many small resources; mimalloc makes that markedly cheaper than glibc.
 #[global_allocator]
@@ -50,16 +47,67 @@ enum Command {
         #[command(subcommand)]
         what: GetCommand,
     },
+    /// Install sluice's pieces into a cluster with server-side apply, or print them.
+    Install {
+        #[command(subcommand)]
+        what: InstallCommand,
+    },
     /// Print the version.
     Version,
 }
 
+#[derive(Subcommand)]
+enum InstallCommand {
+    /// The Knative `Ingress` and legacy `ClusterIngress` CRDs, for clusters without Knative
+    /// Serving.
+    Crds(InstallArgs),
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// Print the manifests instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
 #[derive(Args, Clone)]
 struct ServeArgs {
-    /// Directory of Kubernetes manifests (Ingress, ClusterIngress, Service, Endpoints,
-    /// EndpointSlice, Secret), read recursively and watched for changes.
+    /// Serve the Kubernetes manifests under this directory (Ingress, ClusterIngress, Service,
+    /// Endpoints, EndpointSlice, Secret), read recursively and watched for changes. Without it,
+    /// sluice watches a Kubernetes API server (in-cluster config, else KUBECONFIG or
+    /// ~/.kube/config).
     #[arg(long)]
-    dir: PathBuf,
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Kubernetes mode: watch only this namespace (repeatable); all namespaces by default.
+    #[arg(long = "namespace", value_name = "NS")]
+    namespaces: Vec<String>,
+    /// sluice's own namespace, where its proxies' Services, its Lease and its replicas'
+    /// reports live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gloo-system")]
+    system_namespace: String,
+    /// The external proxy's Service, published as each ingress's public load balancer.
+    #[arg(long, default_value = "knative-external-proxy")]
+    external_proxy: String,
+    /// The internal proxy's Service, published as each ingress's private load balancer.
+    #[arg(long, default_value = "knative-internal-proxy")]
+    internal_proxy: String,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// This replica's identity for leader election (default: $POD_NAME, else the host name).
+    #[arg(long)]
+    replica_id: Option<String>,
+    /// Kubernetes mode: seconds a leader's Lease lasts without renewal; a new leader takes
+    /// over within it.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    lease_duration: u64,
+    /// Kubernetes mode: seconds a new leader waits for Envoys to reconnect before it marks an
+    /// ingress that is Ready down for want of Envoys.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    startup_grace: u64,
     #[arg(long, default_value = "127.0.0.1:9977")]
     xds_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:9091")]
@@ -78,6 +126,66 @@ struct ServeArgs {
     /// Only ingresses whose class annotation names this are served.
     #[arg(long, default_value = DEFAULT_CLASS)]
     ingress_class: String,
+}
+
+/// How to reach a cluster, as kubectl spells it.
+#[derive(Args, Clone, Default)]
+struct ClusterArgs {
+    /// The kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+}
+
+impl ClusterArgs {
+    fn options(&self) -> ClusterOptions {
+        ClusterOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+impl ServeArgs {
+    fn options(&self) -> ServeOptions {
+        let source = match &self.dir {
+            Some(dir) => SourceOptions::Files { dir: dir.clone() },
+            None => SourceOptions::Kubernetes(KubernetesOptions {
+                cluster: self.cluster.options(),
+                namespaces: self.namespaces.clone(),
+                system_namespace: self.system_namespace.clone(),
+                replica: self
+                    .replica_id
+                    .clone()
+                    .unwrap_or_else(runtime::default_replica),
+                timing: Timing {
+                    lease_duration: Duration::from_secs(self.lease_duration),
+                    startup_grace: Duration::from_secs(self.startup_grace),
+                },
+            }),
+        };
+        ServeOptions {
+            source,
+            xds_addr: self.xds_addr,
+            admin_addr: self.admin_addr,
+            ingress_class: self.ingress_class.clone(),
+            translate: TranslateConfig {
+                listen_address: self.listen_address.clone(),
+                http_port: self.http_port,
+                https_port: self.https_port,
+                internal_http_port: self.internal_http_port,
+                internal_https_port: self.internal_https_port,
+            },
+            balancers: LoadBalancers::new(
+                &self.system_namespace,
+                &self.external_proxy,
+                &self.internal_proxy,
+                &self.cluster_domain,
+            ),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -158,6 +266,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Get {
             what: GetCommand::Ingress { admin_addr, output },
         } => get_ingress(&admin_addr, output).await,
+        Command::Install {
+            what: InstallCommand::Crds(args),
+        } => {
+            let crds = install::crds();
+            if args.dry_run {
+                print!("{}", install::to_yaml(&crds));
+                return Ok(());
+            }
+            let client = args.cluster.options().client().await?;
+            install::apply(&client, &crds).await?;
+            println!("applied {} CRDs", crds.len());
+            Ok(())
+        }
         Command::Version => {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -165,65 +286,19 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} for {what}; is another sluice running? pick another with --{what}-addr")
-    })
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    runtime::serve(args.options(), stop_signal()).await?;
+    Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let config = TranslateConfig {
-        listen_address: args.listen_address.clone(),
-        http_port: args.http_port,
-        https_port: args.https_port,
-        internal_http_port: args.internal_http_port,
-        internal_https_port: args.internal_https_port,
-    };
-    let (engine, feed) = Engine::new(&args.ingress_class, config, metrics.clone());
-    let engine = Arc::new(Mutex::new(engine));
-    let registry = Arc::new(ProxyRegistry::default());
-    let xds_listener = bind(args.xds_addr, "xds").await?;
-    let admin_listener = bind(args.admin_addr, "admin").await?;
-    let mut batches = file::watch(args.dir.clone())?;
-
-    let ads = AdsService::new(feed, registry.clone(), metrics.clone());
-    let xds = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(ads)
-        .serve_with_incoming(TcpListenerStream::new(xds_listener));
-    let admin = axum::serve(
-        admin_listener,
-        admin::router(AdminState {
-            engine: engine.clone(),
-            registry,
-            metrics,
-        }),
-    );
-    tracing::info!(dir = %args.dir.display(), xds = %args.xds_addr, admin = %args.admin_addr, "sluice serving");
-    let source = async {
-        while let Some(batch) = batches.recv().await {
-            let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-            engine.note_source_health(batch.kept, &batch.healthy);
-            let report = engine.apply(batch.events, true);
-            drop(engine);
-            tracing::info!(
-                initial = batch.initial,
-                objects = report.objects_changed,
-                resources = report.resources_changed,
-                errors = batch.errors.len(),
-                micros = report.translation.as_micros() as u64,
-                "applied source changes"
-            );
-        }
-    };
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
     tokio::select! {
-        result = xds => result.context("the xDS server failed")?,
-        result = admin => result.context("the admin server failed")?,
-        () = source => bail!("the file watcher for {} stopped", args.dir.display()),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
-    Ok(())
 }
 
 fn find_envoy(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -278,7 +353,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!(
         "sluice is up: Envoy {} with its routes from {}",
         envoy.display(),
-        args.serve.dir.display()
+        args.serve.dir.as_deref().map_or_else(
+            || "the API server".to_owned(),
+            |dir| dir.display().to_string()
+        )
     );
     println!("  external: http://{host}:{}", args.serve.http_port);
     println!(

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub translation_seconds: Histogram,
     pub push_seconds: Histogram,
     pub resources_changed: Counter,
+    pub status_writes: Counter,
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +62,18 @@ impl Default for Metrics {
             "Envoy resources added, changed or removed by translation",
             resources_changed.clone(),
         );
+        let status_writes = Counter::default();
+        registry.register(
+            "status_writes",
+            "Ingress status updates written to the API server",
+            status_writes.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and writes status",
+            leader.clone(),
+        );
         // Every type's series exists from the start, at zero, so that alerts on them work before
         // the first push or rejection.
         for r#type in TypeUrl::ALL.map(TypeUrl::short) {
@@ -74,6 +88,8 @@ impl Default for Metrics {
             translation_seconds,
             push_seconds,
             resources_changed,
+            status_writes,
+            leader,
         }
     }
 }

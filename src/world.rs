@@ -189,11 +189,12 @@ impl World {
         match (object, key) {
             (Object::Ingress(_, mut ingress), ObjectKey::Ingress(key)) => {
                 ingress.set_defaults();
-                if self
-                    .ingresses
-                    .get(&key)
-                    .is_some_and(|entry| *entry.latest == *ingress)
+                if let Some(entry) = self.ingresses.get_mut(&key)
+                    && entry.latest.same_request(&ingress)
                 {
+                    if entry.latest.status != ingress.status {
+                        entry.latest = Arc::new(*ingress);
+                    }
                     return;
                 }
                 let previous = self.ingresses.remove(&key).and_then(|entry| entry.served);

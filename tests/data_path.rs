@@ -1284,11 +1284,11 @@ async fn status_ready_after_ack(delta: bool) {
     let sluice = Sluice::start(dir.path());
     sluice.wait_ready().await;
     let before = sluice
-        .wait_ingress_ready(NS, "public", "Unknown", CONVERGE)
+        .wait_ingress_ready(NS, "public", "False", CONVERGE)
         .await;
     assert_eq!(
         before["reason"], "NoProxy",
-        "without an Envoy, Ready must be Unknown/NoProxy: {before}"
+        "without an Envoy, Ready must be False/NoProxy: {before}"
     );
     let network = sluice
         .ingress_condition(NS, "public", "NetworkConfigured")

@@ -30,7 +30,7 @@
 //!   document held keep their last good version. An object the file merely stopped mentioning is
 //!   deleted once the file is clean again.
 //!
-//! Every problem is a [`FileError`] in the [`Batch`] and a `warn` log line.
+//! Every problem is a [`FileError`] in the [`Load`] and a `warn` log line.
 //!
 //! # Duplicates
 //!
@@ -56,11 +56,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::knative::{self, IngressKind};
+use crate::source::{Batch, Batches};
 use crate::world::{Kept, Object, ObjectKey, SourceEvent};
 
 const DEFAULT_NAMESPACE: &str = "default";
-/// Knative's API version, under [`knative::API_GROUP`].
-const KNATIVE_VERSION: &str = "v1alpha1";
 /// An editor's save is several events; once this long passes without one, the save is done.
 const QUIET_PERIOD: Duration = Duration::from_millis(3);
 /// A steady stream of writes must still be served eventually.
@@ -74,7 +73,7 @@ const DOCUMENT_ADVICE: &str =
 
 /// What one load or reload found: events to apply to the world, and problems to report.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub struct Load {
     pub events: Vec<SourceEvent>,
     pub errors: Vec<FileError>,
     /// Objects kept at their last good version because the file holding them is broken now.
@@ -85,7 +84,19 @@ pub struct Batch {
     pub initial: bool,
 }
 
-impl Batch {
+impl From<Load> for Batch {
+    fn from(load: Load) -> Batch {
+        Batch {
+            events: load.events,
+            kept: load.kept,
+            healthy: load.healthy,
+            problems: load.errors.len(),
+            initial: load.initial,
+        }
+    }
+}
+
+impl Load {
     fn is_empty(&self) -> bool {
         self.events.is_empty() && self.errors.is_empty() && self.healthy.is_empty()
     }
@@ -188,7 +199,7 @@ impl DirectorySource {
     }
 
     /// Scans the whole directory.
-    pub fn load_all(&mut self) -> Batch {
+    pub fn load_all(&mut self) -> Load {
         let dir = self.dir.clone();
         let mut batch = self.reload(std::slice::from_ref(&dir));
         batch.initial = !self.loaded;
@@ -198,7 +209,7 @@ impl DirectorySource {
 
     /// Re-reads just these paths: a file is read again, a directory rescanned, and a path that
     /// no longer exists removes what was loaded from it. Paths outside the directory are ignored.
-    pub fn reload(&mut self, paths: &[PathBuf]) -> Batch {
+    pub fn reload(&mut self, paths: &[PathBuf]) -> Load {
         let mut scan = Scan::default();
         for path in paths {
             match std::path::absolute(path) {
@@ -263,7 +274,7 @@ impl DirectorySource {
             .filter(|path| self.broken.remove(path))
             .map(|path| path.display().to_string())
             .collect();
-        Batch {
+        Load {
             events: self.apply(changes),
             errors,
             kept,
@@ -611,7 +622,7 @@ enum Kind {
 }
 
 fn kind_of(api_version: &str, kind: &str) -> Option<Kind> {
-    let knative = api_version.split_once('/') == Some((knative::API_GROUP, KNATIVE_VERSION));
+    let knative = api_version.split_once('/') == Some((knative::API_GROUP, knative::API_VERSION));
     match (api_version, kind) {
         (_, "Ingress") if knative => Some(Kind::Ingress(IngressKind::Ingress)),
         (_, "ClusterIngress") if knative => Some(Kind::Ingress(IngressKind::ClusterIngress)),
@@ -811,7 +822,7 @@ fn same(a: &Object, b: &Object) -> bool {
 /// consumer knows the world is complete), then one batch per burst of changes that changed
 /// something or found a problem. Must be called within a Tokio runtime. The watch ends when the
 /// receiver is dropped.
-pub fn watch(dir: PathBuf) -> Result<mpsc::Receiver<Batch>, FileSourceError> {
+pub fn watch(dir: PathBuf) -> Result<Batches, FileSourceError> {
     let source = DirectorySource::new(dir)?;
     let dir = source.dir.clone();
     let (changes_tx, changes) = mpsc::unbounded_channel();
@@ -849,7 +860,7 @@ async fn follow(
     let Some((mut source, batch)) = off_thread(source, DirectorySource::load_all).await else {
         return;
     };
-    if batches.send(batch).await.is_err() {
+    if batches.send(batch.into()).await.is_err() {
         return;
     }
     loop {
@@ -866,7 +877,7 @@ async fn follow(
             return;
         };
         source = next;
-        if !batch.is_empty() && batches.send(batch).await.is_err() {
+        if !batch.is_empty() && batches.send(batch.into()).await.is_err() {
             return;
         }
     }
@@ -875,8 +886,8 @@ async fn follow(
 /// File I/O blocks, so it runs on the blocking pool; the source goes there and comes back.
 async fn off_thread(
     mut source: DirectorySource,
-    load: impl FnOnce(&mut DirectorySource) -> Batch + Send + 'static,
-) -> Option<(DirectorySource, Batch)> {
+    load: impl FnOnce(&mut DirectorySource) -> Load + Send + 'static,
+) -> Option<(DirectorySource, Load)> {
     let dir = source.dir.clone();
     let task = tokio::task::spawn_blocking(move || {
         let batch = load(&mut source);
@@ -973,9 +984,12 @@ spec:
         path
     }
 
-    fn upserted(batch: &Batch) -> Vec<String> {
-        batch
-            .events
+    fn upserted(batch: &Load) -> Vec<String> {
+        upserts(&batch.events)
+    }
+
+    fn upserts(events: &[SourceEvent]) -> Vec<String> {
+        events
             .iter()
             .filter_map(|event| match event {
                 SourceEvent::Upsert(object) => Some(object.key().to_string()),
@@ -984,7 +998,7 @@ spec:
             .collect()
     }
 
-    fn deleted(batch: &Batch) -> Vec<String> {
+    fn deleted(batch: &Load) -> Vec<String> {
         batch
             .events
             .iter()
@@ -995,7 +1009,7 @@ spec:
             .collect()
     }
 
-    fn service_port(batch: &Batch) -> i32 {
+    fn service_port(batch: &Load) -> i32 {
         let ports = batch.events.iter().find_map(|event| match event {
             SourceEvent::Upsert(Object::Service(service)) => service.spec.as_ref()?.ports.clone(),
             _ => None,
@@ -1308,7 +1322,7 @@ spec:
             .await
             .unwrap()
             .unwrap();
-        assert!(first.initial && first.is_empty());
+        assert!(first.initial && first.events.is_empty() && first.problems == 0);
 
         // Editors save by writing a temporary file and renaming it over the real one.
         let temporary = write(dir.path(), ".web.yaml.tmp", SERVICE);
@@ -1318,6 +1332,6 @@ spec:
             .unwrap()
             .unwrap();
         assert!(!batch.initial);
-        assert_eq!(upserted(&batch), ["Service/default/web"]);
+        assert_eq!(upserts(&batch.events), ["Service/default/web"]);
     }
 }

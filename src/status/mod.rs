@@ -1,15 +1,23 @@
 //! Knative-shaped status for every ingress: `NetworkConfigured` once it is translated into the
 //! served snapshot, `LoadBalancerReady` once every connected Envoy that serves its visibility
 //! has ACKed the routes that carry it, `Ready` when both hold. Envoy's rejections land here too.
+//!
+//! The verdicts are pure; [`writer`] writes them to the API server in Kubernetes mode, and
+//! [`replicas`] carries what other replicas' Envoys ACKed to the replica that writes.
+
+pub mod replicas;
+pub mod writer;
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::knative::IngressKey;
+use crate::knative::{self, IngressKey};
 use crate::translate::{ListenerKind, Translator};
 use crate::world::{IngressEntry, IngressProblem};
 use crate::xds::{Group, Proxy};
+
+use replicas::{Convergence, ReplicaReport};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
@@ -55,9 +63,43 @@ impl IngressView {
     }
 }
 
-/// The proxies' names as Gloo's Knative integration published them.
-pub const EXTERNAL_PROXY: &str = "knative-external-proxy.gloo-system.svc.cluster.local";
-pub const INTERNAL_PROXY: &str = "knative-internal-proxy.gloo-system.svc.cluster.local";
+/// The in-cluster names of the two proxies' Services, published in every served ingress's
+/// status: Knative Serving points each Route's placeholder Service at them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadBalancers {
+    pub public: String,
+    pub private: String,
+}
+
+impl LoadBalancers {
+    /// `<proxy>.<namespace>.svc.<cluster domain>` for each proxy.
+    pub fn new(namespace: &str, external: &str, internal: &str, cluster_domain: &str) -> Self {
+        LoadBalancers {
+            public: format!("{external}.{namespace}.svc.{cluster_domain}"),
+            private: format!("{internal}.{namespace}.svc.{cluster_domain}"),
+        }
+    }
+}
+
+impl Default for LoadBalancers {
+    /// The names Gloo's Knative integration published.
+    fn default() -> Self {
+        LoadBalancers::new(
+            "gloo-system",
+            "knative-external-proxy",
+            "knative-internal-proxy",
+            "cluster.local",
+        )
+    }
+}
+
+/// The Envoys whose ACKs decide `LoadBalancerReady`: this replica's own streams, and what the
+/// other replicas reported about theirs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Envoys<'a> {
+    pub local: &'a [Arc<Proxy>],
+    pub remote: &'a [ReplicaReport],
+}
 
 enum Verdict {
     True,
@@ -87,12 +129,24 @@ fn serves(group: Group, listener: ListenerKind) -> bool {
     }
 }
 
-/// Whether the connected Envoys serve the ingress as it is now: every Envoy that serves one of
-/// its listener kinds has ACKed its routes, and none rejected them.
-fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy>]) -> Verdict {
-    let needed = translator.served_resources(key);
-    let mut relevant = 0;
-    let mut converged = 0;
+/// How this replica's own Envoys stand on an ingress.
+struct LocalVerdict {
+    relevant: usize,
+    converged: usize,
+    rejected: Option<String>,
+}
+
+fn local_verdict(
+    key: &IngressKey,
+    needed: &[crate::translate::ServedResource],
+    translator: &Translator,
+    proxies: &[Arc<Proxy>],
+) -> LocalVerdict {
+    let mut verdict = LocalVerdict {
+        relevant: 0,
+        converged: 0,
+        rejected: None,
+    };
     for proxy in proxies {
         let group = proxy.group();
         let wanted: Vec<_> = needed
@@ -102,7 +156,7 @@ fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy
         if wanted.is_empty() {
             continue;
         }
-        relevant += 1;
+        verdict.relevant += 1;
         let state = proxy.state.lock().unwrap_or_else(|p| p.into_inner());
         for (type_url, status) in state.status() {
             let Some(nack) = &status.last_nack else {
@@ -116,29 +170,70 @@ fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy
                 .iter()
                 .any(|r| state.acked_version(r.type_url, &r.name) != Some(&r.version));
             if blamed && still_rejected {
-                return Verdict::False(
-                    "EnvoyRejected".to_owned(),
-                    format!(
-                        "Envoy {} rejected {} {}: {}",
-                        proxy.node_id,
-                        type_url.short(),
-                        nack.resources.join(","),
-                        nack.message
-                    ),
-                );
+                verdict.rejected = Some(format!(
+                    "Envoy {} rejected {} {}: {}",
+                    proxy.node_id,
+                    type_url.short(),
+                    nack.resources.join(","),
+                    nack.message
+                ));
+                return verdict;
             }
         }
         let acked = wanted
             .iter()
             .all(|r| state.acked_version(r.type_url, &r.name) == Some(r.version.as_str()));
         if acked {
-            converged += 1;
+            verdict.converged += 1;
+        }
+    }
+    verdict
+}
+
+/// Whether the connected Envoys, this replica's and the others', serve the ingress as it is
+/// now: every Envoy that serves one of its listener kinds has ACKed its routes, and none
+/// rejected them.
+fn load_balancer(key: &IngressKey, translator: &Translator, envoys: Envoys) -> Verdict {
+    let needed = translator.served_resources(key);
+    let local = local_verdict(key, &needed, translator, envoys.local);
+    if let Some(message) = local.rejected {
+        return Verdict::False("EnvoyRejected".to_owned(), message);
+    }
+    let (mut relevant, mut converged) = (local.relevant, local.converged);
+    if !envoys.remote.is_empty() {
+        let current = replicas::fingerprint(&needed);
+        for report in envoys.remote {
+            let serving: usize = report
+                .envoys
+                .iter()
+                .filter(|(group, _)| needed.iter().any(|r| serves(**group, r.listener)))
+                .map(|(_, count)| count)
+                .sum();
+            if serving == 0 {
+                continue;
+            }
+            relevant += serving;
+            match report.ingresses.get(key) {
+                Some(Convergence::Acked(fingerprint)) if *fingerprint == current => {
+                    converged += serving;
+                }
+                Some(Convergence::Rejected {
+                    fingerprint,
+                    message,
+                }) if *fingerprint == current => {
+                    return Verdict::False(
+                        "EnvoyRejected".to_owned(),
+                        format!("{message} (replica {})", report.replica),
+                    );
+                }
+                _ => {}
+            }
         }
     }
     if relevant == 0 {
-        return Verdict::Unknown(
+        return Verdict::False(
             "NoProxy".to_owned(),
-            "no connected Envoy serves this ingress's visibility yet".to_owned(),
+            "no Envoy that serves this ingress's visibility is connected".to_owned(),
         );
     }
     if converged < relevant {
@@ -148,6 +243,106 @@ fn load_balancer(key: &IngressKey, translator: &Translator, proxies: &[Arc<Proxy
         );
     }
     Verdict::True
+}
+
+/// This replica's report on its own Envoys, for the replica that writes status.
+pub fn local_report(
+    replica: &str,
+    ingresses: &std::collections::BTreeMap<IngressKey, IngressEntry>,
+    translator: &Translator,
+    proxies: &[Arc<Proxy>],
+) -> ReplicaReport {
+    let mut report = ReplicaReport {
+        replica: replica.to_owned(),
+        ..ReplicaReport::default()
+    };
+    for proxy in proxies {
+        *report.envoys.entry(proxy.group()).or_default() += 1;
+    }
+    if proxies.is_empty() {
+        return report;
+    }
+    for (key, entry) in ingresses {
+        if entry.served.is_none() {
+            continue;
+        }
+        let needed = translator.served_resources(key);
+        if needed.is_empty() {
+            continue;
+        }
+        let verdict = local_verdict(key, &needed, translator, proxies);
+        let fingerprint = replicas::fingerprint(&needed);
+        let convergence = match verdict.rejected {
+            Some(message) => Convergence::Rejected {
+                fingerprint,
+                message,
+            },
+            None if verdict.relevant > 0 && verdict.converged == verdict.relevant => {
+                Convergence::Acked(fingerprint)
+            }
+            None => continue,
+        };
+        report.ingresses.insert(key.clone(), convergence);
+    }
+    report
+}
+
+/// The status Knative's reconcilers would write for a view: `observedGeneration`, the three
+/// conditions (each keeping its `lastTransitionTime` from `current` while nothing else about it
+/// changed, as Knative's condition sets do), and the load balancers once the ingress is served.
+/// `now` is the RFC 3339 time of a condition that changes.
+pub fn knative_status(
+    view: &IngressView,
+    generation: Option<i64>,
+    current: Option<&knative::IngressStatus>,
+    now: &str,
+) -> knative::IngressStatus {
+    let conditions = view
+        .status
+        .conditions
+        .iter()
+        .map(|condition| {
+            let unchanged = current
+                .into_iter()
+                .flat_map(|status| &status.conditions)
+                .find(|old| {
+                    old.type_ == condition.kind
+                        && old.status == condition.status
+                        && old.reason == condition.reason
+                        && old.message == condition.message
+                });
+            knative::StatusCondition {
+                type_: condition.kind.clone(),
+                status: condition.status.clone(),
+                severity: String::new(),
+                last_transition_time: Some(
+                    unchanged
+                        .and_then(|old| old.last_transition_time.clone())
+                        .unwrap_or_else(|| now.to_owned()),
+                ),
+                reason: condition.reason.clone(),
+                message: condition.message.clone(),
+            }
+        })
+        .collect();
+    let balancer = |balancers: &[LoadBalancer]| {
+        (!balancers.is_empty()).then(|| knative::LoadBalancerStatus {
+            ingress: balancers
+                .iter()
+                .map(|b| knative::LoadBalancerIngressStatus {
+                    domain_internal: b.domain_internal.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+    };
+    knative::IngressStatus {
+        observed_generation: generation,
+        conditions,
+        annotations: current.map(|c| c.annotations.clone()).unwrap_or_default(),
+        public_load_balancer: balancer(&view.status.public_load_balancer),
+        private_load_balancer: balancer(&view.status.private_load_balancer),
+    }
 }
 
 /// The ingress's manifest cannot be read now: its last good version is served, and it is not
@@ -166,7 +361,8 @@ pub fn view(
     key: &IngressKey,
     entry: &IngressEntry,
     translator: &Translator,
-    proxies: &[Arc<Proxy>],
+    envoys: Envoys,
+    balancers: &LoadBalancers,
 ) -> IngressView {
     let mut owned = true;
     let (network, balancer) = match &entry.problem {
@@ -212,7 +408,7 @@ pub fn view(
                 );
                 (verdict, Verdict::Unknown(String::new(), String::new()))
             } else {
-                (Verdict::True, load_balancer(key, translator, proxies))
+                (Verdict::True, load_balancer(key, translator, envoys))
             }
         }
     };
@@ -244,12 +440,12 @@ pub fn view(
             // Knative's clients dial every ingress through its public load balancer, so it is
             // set for ClusterLocal-only ingresses too, as other implementations do.
             public_load_balancer: if served {
-                balancer_for(EXTERNAL_PROXY)
+                balancer_for(&balancers.public)
             } else {
                 Vec::new()
             },
             private_load_balancer: if served {
-                balancer_for(INTERNAL_PROXY)
+                balancer_for(&balancers.private)
             } else {
                 Vec::new()
             },
@@ -350,6 +546,19 @@ spec:
         (proxy, sent)
     }
 
+    fn show(
+        key: &IngressKey,
+        entry: &IngressEntry,
+        translator: &Translator,
+        proxies: &[Arc<Proxy>],
+    ) -> IngressView {
+        let envoys = Envoys {
+            local: proxies,
+            remote: &[],
+        };
+        view(key, entry, translator, envoys, &LoadBalancers::default())
+    }
+
     fn ready(view: &IngressView) -> (String, String) {
         let ready = view.condition("Ready").unwrap();
         (ready.status.clone(), ready.reason.clone())
@@ -360,22 +569,22 @@ spec:
         let (world, translator, snapshot, key) = setup();
         let entry = &world.ingresses[&key];
         assert_eq!(
-            ready(&view(&key, entry, &translator, &[])),
-            ("Unknown".into(), "NoProxy".into())
+            ready(&show(&key, entry, &translator, &[])),
+            ("False".into(), "NoProxy".into())
         );
         let (proxy, sent) = proxy_sent_routes(&snapshot);
         let proxies = [proxy.clone()];
         assert_eq!(
-            ready(&view(&key, entry, &translator, &proxies)),
+            ready(&show(&key, entry, &translator, &proxies)),
             ("Unknown".into(), "Uninitialized".into())
         );
         let ack = request(TypeUrl::RouteConfiguration, &["a.example.com"], &sent);
         proxy.state.lock().unwrap().on_sotw_request(&ack);
-        let view = view(&key, entry, &translator, &proxies);
+        let view = show(&key, entry, &translator, &proxies);
         assert_eq!(ready(&view), ("True".into(), String::new()));
         assert_eq!(
             view.status.public_load_balancer[0].domain_internal,
-            EXTERNAL_PROXY
+            "knative-external-proxy.gloo-system.svc.cluster.local"
         );
     }
 
@@ -392,7 +601,7 @@ spec:
             ..request(TypeUrl::RouteConfiguration, &["a.example.com"], &sent)
         };
         proxy.state.lock().unwrap().on_sotw_request(&nack);
-        let view = view(&key, &world.ingresses[&key], &translator, &[proxy]);
+        let view = show(&key, &world.ingresses[&key], &translator, &[proxy]);
         assert_eq!(ready(&view), ("False".into(), "EnvoyRejected".into()));
         let message = &view.condition("LoadBalancerReady").unwrap().message;
         assert!(

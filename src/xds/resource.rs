@@ -6,7 +6,7 @@ use std::sync::Arc;
 use envoy_types::pb::google::protobuf::Any;
 use imbl::OrdMap;
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The resource types sluice serves, in the order that keeps traffic flowing: clusters before
@@ -87,7 +87,7 @@ impl fmt::Display for TypeUrl {
 }
 
 /// A group of Envoys that receive the same listeners, chosen by `node.metadata.role`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Group {
     /// `<ns>~knative-external-proxy`: the external listeners only.
     External,

@@ -45,16 +45,38 @@ impl Proxy {
     }
 }
 
-/// Every connected Envoy, by stream. Status reads their ACKs and NACKs when asked.
-#[derive(Debug, Default)]
+/// Every connected Envoy, by stream. Status reads their ACKs and NACKs when asked, and
+/// learns that there is something new to read from [`ProxyRegistry::subscribe`].
+#[derive(Debug)]
 pub struct ProxyRegistry {
     proxies: Mutex<BTreeMap<u64, Arc<Proxy>>>,
     next_id: AtomicU64,
+    /// Bumped whenever an Envoy connects, disconnects, ACKs or NACKs.
+    changes: watch::Sender<()>,
+}
+
+impl Default for ProxyRegistry {
+    fn default() -> Self {
+        ProxyRegistry {
+            proxies: Mutex::default(),
+            next_id: AtomicU64::default(),
+            changes: watch::channel(()).0,
+        }
+    }
 }
 
 impl ProxyRegistry {
     pub fn proxies(&self) -> Vec<Arc<Proxy>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Wakes when what some Envoy holds may have changed.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_replace(());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Proxy>>> {
@@ -205,6 +227,7 @@ impl AdsService {
         });
         let id = self.registry.next_id.fetch_add(1, Ordering::Relaxed);
         self.registry.lock().insert(id, proxy.clone());
+        self.registry.changed();
         self.metrics.connected_proxies.inc();
         tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
 
@@ -248,12 +271,16 @@ impl AdsService {
             }
         }
         self.registry.lock().remove(&id);
+        self.registry.changed();
         self.metrics.connected_proxies.dec();
         tracing::info!(node = %proxy.node_id, "Envoy disconnected");
     }
 
     fn handle_request(&self, proxy: &Proxy, request: &impl XdsRequest) {
         let outcome = request.apply(&mut proxy.state.lock().unwrap_or_else(|p| p.into_inner()));
+        if matches!(outcome, RequestOutcome::Acked | RequestOutcome::Nacked(_)) {
+            self.registry.changed();
+        }
         match outcome {
             RequestOutcome::Nacked(nack) => {
                 let type_url = TypeUrl::parse(request.type_url()).map(TypeUrl::short);

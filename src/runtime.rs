@@ -1,0 +1,255 @@
+//! The thin runtime of `sluice serve`: it starts the parts and wires them, in either mode. A
+//! source (files or the API server) feeds the engine; the engine publishes snapshots to the
+//! ADS server; the admin server reads both; in Kubernetes mode the status writer reports back
+//! to the API server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::{self, AdminState};
+use crate::cluster::{ClusterError, ClusterOptions};
+use crate::engine::Engine;
+use crate::knative::IngressKey;
+use crate::metrics::Metrics;
+use crate::source::Batches;
+use crate::source::file::{self, FileSourceError};
+use crate::source::kube::{self, KubeSourceError, KubeSourceOptions};
+use crate::status::replicas::ReplicaReport;
+use crate::status::writer::{StatusSource, StatusWriter, Timing, WriterConfig, WriterError};
+use crate::status::{Envoys, LoadBalancers};
+use crate::translate::TranslateConfig;
+use crate::xds::{AdsService, ProxyRegistry};
+
+/// Where the objects come from.
+#[derive(Debug, Clone)]
+pub enum SourceOptions {
+    /// A directory of manifests.
+    Files { dir: PathBuf },
+    /// The API server.
+    Kubernetes(KubernetesOptions),
+}
+
+#[derive(Debug, Clone)]
+pub struct KubernetesOptions {
+    pub cluster: ClusterOptions,
+    /// Watch only these namespaces (all when empty).
+    pub namespaces: Vec<String>,
+    /// sluice's own namespace: its Lease and its replicas' reports.
+    pub system_namespace: String,
+    pub replica: String,
+    pub timing: Timing,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub source: SourceOptions,
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub ingress_class: String,
+    pub translate: TranslateConfig,
+    pub balancers: LoadBalancers,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "cannot listen on {addr} for {what}: {source}; is another sluice running? pick another \
+         address with --{what}-addr"
+    )]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Files(#[from] FileSourceError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Kubernetes(#[from] KubeSourceError),
+    #[error(transparent)]
+    StatusWriter(#[from] WriterError),
+    #[error("the xDS server failed: {0}")]
+    Xds(#[source] tonic::transport::Error),
+    #[error("the admin server failed: {0}")]
+    Admin(#[source] std::io::Error),
+    #[error("the source stopped: {0}")]
+    SourceStopped(String),
+}
+
+/// Serves until `shutdown` resolves, then stops: in Kubernetes mode it hands the Lease over.
+pub async fn serve(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::default());
+    let (engine, feed) = Engine::new(
+        &options.ingress_class,
+        options.translate.clone(),
+        options.balancers.clone(),
+        metrics.clone(),
+    );
+    let engine = Arc::new(Mutex::new(engine));
+    let registry = Arc::new(ProxyRegistry::default());
+    let xds_listener = bind(options.xds_addr, "xds").await?;
+    let admin_listener = bind(options.admin_addr, "admin").await?;
+
+    let (changed, _) = watch::channel(());
+    let (batches, writer, described) = match &options.source {
+        SourceOptions::Files { dir } => {
+            (file::watch(dir.clone())?, None, dir.display().to_string())
+        }
+        SourceOptions::Kubernetes(kubernetes) => {
+            let client = kubernetes.cluster.client().await?;
+            let batches = kube::watch(
+                client.clone(),
+                KubeSourceOptions {
+                    namespaces: kubernetes.namespaces.clone(),
+                    ingress_class: options.ingress_class.clone(),
+                },
+            )
+            .await?;
+            let served = Arc::new(Served {
+                engine: engine.clone(),
+                registry: registry.clone(),
+            });
+            let writer = StatusWriter::start(
+                client,
+                WriterConfig {
+                    namespace: kubernetes.system_namespace.clone(),
+                    replica: kubernetes.replica.clone(),
+                    lease_name: "sluice-leader".to_owned(),
+                    timing: kubernetes.timing,
+                },
+                served,
+                changed.subscribe(),
+                metrics.clone(),
+            )
+            .await?;
+            (batches, Some(writer), "the API server".to_owned())
+        }
+    };
+    let others = writer
+        .as_ref()
+        .map(|writer| writer.others.clone())
+        .unwrap_or_default();
+
+    let ads = AdsService::new(feed, registry.clone(), metrics.clone());
+    let xds = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(ads)
+        .serve_with_incoming(TcpListenerStream::new(xds_listener));
+    let admin = axum::serve(
+        admin_listener,
+        admin::router(AdminState {
+            engine: engine.clone(),
+            registry: registry.clone(),
+            metrics,
+            others,
+        }),
+    );
+    tracing::info!(source = %described, xds = %options.xds_addr, admin = %options.admin_addr, "sluice serving");
+    let result = tokio::select! {
+        result = xds => result.map_err(ServeError::Xds),
+        result = admin => result.map_err(ServeError::Admin),
+        () = follow(batches, &engine, &changed) => Err(ServeError::SourceStopped(described)),
+        () = forward(registry.subscribe(), &changed) => Ok(()),
+        () = shutdown => {
+            tracing::info!("stopping");
+            Ok(())
+        }
+    };
+    if let Some(writer) = writer {
+        writer.shutdown().await;
+    }
+    result
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, what, source })
+}
+
+/// Applies the source's batches, and says that statuses may have changed.
+async fn follow(mut batches: Batches, engine: &Mutex<Engine>, changed: &watch::Sender<()>) {
+    while let Some(batch) = batches.recv().await {
+        let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+        engine.note_source_health(batch.kept, &batch.healthy);
+        let report = engine.apply(batch.events, true);
+        drop(engine);
+        changed.send_replace(());
+        tracing::info!(
+            initial = batch.initial,
+            objects = report.objects_changed,
+            resources = report.resources_changed,
+            problems = batch.problems,
+            micros = report.translation.as_micros() as u64,
+            "applied source changes"
+        );
+    }
+}
+
+/// Passes on that some Envoy ACKed, rejected, came or went. Never ends while sluice runs.
+async fn forward(mut proxies: watch::Receiver<()>, changed: &watch::Sender<()>) {
+    while proxies.changed().await.is_ok() {
+        changed.send_replace(());
+    }
+    std::future::pending().await
+}
+
+/// What the status writer reads: the engine's verdicts over this replica's Envoys.
+struct Served {
+    engine: Arc<Mutex<Engine>>,
+    registry: Arc<ProxyRegistry>,
+}
+
+impl Served {
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl StatusSource for Served {
+    fn knative_statuses(
+        &self,
+        others: &[ReplicaReport],
+        now: &str,
+        each: &mut dyn FnMut(
+            &IngressKey,
+            crate::knative::IngressStatus,
+            Option<&crate::knative::IngressStatus>,
+        ),
+    ) {
+        let proxies = self.registry.proxies();
+        let envoys = Envoys {
+            local: &proxies,
+            remote: others,
+        };
+        self.engine().knative_statuses(envoys, now, each);
+    }
+
+    fn local_report(&self, replica: &str) -> ReplicaReport {
+        let proxies = self.registry.proxies();
+        self.engine().local_report(replica, &proxies)
+    }
+}
+
+/// The default replica identity: the pod's name in a cluster, else the host's.
+pub fn default_replica() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "sluice".to_owned())
+}

@@ -1,0 +1,548 @@
+//! The Kubernetes source: the objects sluice serves from, watched on an API server with
+//! kube-runtime's watchers.
+//!
+//! # What is watched
+//!
+//! Knative `Ingress` in every namespace (or in each `--namespace`), the legacy cluster-scoped
+//! `ClusterIngress` only when discovery finds its CRD, and `Service`, `EndpointSlice` and
+//! `Secret`. Managed fields and kubectl's last-applied annotation are dropped on arrival.
+//!
+//! # Consistency
+//!
+//! Each watch lists, then watches. A (re-)list is buffered until it is complete and then applied
+//! as one batch, so that whatever the watch went through (an error, a dropped connection, an API
+//! server restart, a `410 Gone`) the world never sees a partial list: what was listed is
+//! upserted, and what it held from that watch but was not listed is deleted. Nothing is
+//! delivered before every watch has finished its first list. Events that arrive together are
+//! delivered as one batch.
+//!
+//! # Secrets
+//!
+//! A Secret's data is kept only while an owned ingress names it in `spec.tls`: a cluster's other
+//! secrets cost nothing but the watch. When an ingress starts naming a secret whose data was
+//! dropped, the secret is read once with a GET; from then on the watch keeps it current.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::future::FutureExt;
+use futures::stream::{BoxStream, SelectAll, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::knative::{
+    self, API_GROUP, ClusterIngressResource, IngressKey, IngressKind, IngressResource,
+};
+use crate::source::{Batch, Batches};
+use crate::world::{NsName, Object, ObjectKey, SourceEvent};
+
+/// kubectl keeps a whole copy of the object here; sluice never reads it.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// Batches waiting for a slow consumer; beyond that, events wait in the watches and arrive as
+/// bigger batches.
+const BATCH_QUEUE: usize = 16;
+/// At most this many events go into one batch, so that a huge re-list cannot starve the rest.
+const MAX_BATCH_EVENTS: usize = 50_000;
+
+/// What to watch.
+#[derive(Debug, Clone, Default)]
+pub struct KubeSourceOptions {
+    /// Watch only these namespaces; empty means all.
+    pub namespaces: Vec<String>,
+    /// The ingress class served: only the ingresses of this class keep their secrets' data.
+    pub ingress_class: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error(
+        "the Knative Ingress CRD (ingresses.{API_GROUP}) is not installed in this cluster; \
+         install Knative Serving, or apply sluice's with `sluice install crds | kubectl apply -f -`"
+    )]
+    NoIngressCrd,
+    #[error("cannot discover the API group {API_GROUP} on the API server: {0}")]
+    Discovery(#[source] kube::Error),
+}
+
+/// Starts watching; the first batch comes once every watch has listed everything. Must be
+/// called within a Tokio runtime; the watches end when the receiver is dropped.
+pub async fn watch(client: Client, options: KubeSourceOptions) -> Result<Batches, KubeSourceError> {
+    let (has_ingress, has_cluster_ingress) = discover(&client).await?;
+    if !has_ingress {
+        return Err(KubeSourceError::NoIngressCrd);
+    }
+    let mut streams = Streams::default();
+    streams.add(
+        scoped::<IngressResource>(&client, &options.namespaces),
+        |o| {
+            let (meta, spec, status) = (o.metadata, o.spec, o.status);
+            Object::Ingress(
+                IngressKind::Ingress,
+                Box::new(knative_ingress(meta, spec, status)),
+            )
+        },
+    );
+    if has_cluster_ingress && options.namespaces.is_empty() {
+        streams.add(
+            vec![(None, Api::all(client.clone()))],
+            |o: ClusterIngressResource| {
+                let (meta, spec, status) = (o.metadata, o.spec.spec, o.status);
+                Object::Ingress(
+                    IngressKind::ClusterIngress,
+                    Box::new(knative_ingress(meta, spec, status)),
+                )
+            },
+        );
+    } else if has_cluster_ingress {
+        tracing::info!(
+            "not watching ClusterIngress: it is cluster-scoped, and --namespace limits the watches"
+        );
+    }
+    streams.add(scoped::<Service>(&client, &options.namespaces), |mut o| {
+        slim(&mut o.metadata);
+        Object::Service(Box::new(o))
+    });
+    streams.add(
+        scoped::<EndpointSlice>(&client, &options.namespaces),
+        |mut o| {
+            slim(&mut o.metadata);
+            Object::EndpointSlice(Box::new(o))
+        },
+    );
+    streams.add(scoped::<Secret>(&client, &options.namespaces), |mut o| {
+        slim(&mut o.metadata);
+        Object::Secret(Box::new(o))
+    });
+    let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
+    let follower = Follower::new(client, options.ingress_class, streams.books);
+    tokio::spawn(follower.run(streams.merged, batches));
+    Ok(receiver)
+}
+
+/// Whether the cluster serves Knative's `Ingress` and `ClusterIngress`.
+async fn discover(client: &Client) -> Result<(bool, bool), KubeSourceError> {
+    let group = match kube::discovery::group(client, API_GROUP).await {
+        Ok(group) => group,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok((false, false)),
+        Err(error) => return Err(KubeSourceError::Discovery(error)),
+    };
+    let served: BTreeSet<String> = group
+        .versioned_resources(knative::API_VERSION)
+        .into_iter()
+        .map(|(resource, _)| resource.plural)
+        .collect();
+    Ok((
+        served.contains("ingresses"),
+        served.contains("clusteringresses"),
+    ))
+}
+
+type Tagged = (usize, Result<Event<Object>, watcher::Error>);
+
+#[derive(Default)]
+struct Streams {
+    merged: SelectAll<BoxStream<'static, Tagged>>,
+    books: Vec<Book>,
+}
+
+impl Streams {
+    /// Watches each of `apis` (with the namespace it is limited to), converting its objects
+    /// with `convert`.
+    fn add<K>(&mut self, apis: Vec<(Option<String>, Api<K>)>, convert: fn(K) -> Object)
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+        K::DynamicType: Default,
+    {
+        for (namespace, api) in apis {
+            let index = self.books.len();
+            self.books.push(Book {
+                kind: K::kind(&K::DynamicType::default()).into_owned(),
+                namespace,
+                ..Book::default()
+            });
+            let stream = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .map(move |event| (index, event.map(|event| convert_event(event, convert))));
+            self.merged.push(stream.boxed());
+        }
+    }
+}
+
+/// One `Api` per namespace, or one for all namespaces.
+fn scoped<K>(client: &Client, namespaces: &[String]) -> Vec<(Option<String>, Api<K>)>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        vec![(None, Api::all(client.clone()))]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
+            .collect()
+    }
+}
+
+fn convert_event<K>(event: Event<K>, convert: fn(K) -> Object) -> Event<Object> {
+    match event {
+        Event::Apply(object) => Event::Apply(convert(object)),
+        Event::Delete(object) => Event::Delete(convert(object)),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(convert(object)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+/// Drops what sluice never reads and what would cost memory for nothing.
+fn slim(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The world's view of an ingress: the metadata translation and status use, the spec, and the
+/// status the API server holds.
+fn knative_ingress(
+    meta: ObjectMeta,
+    spec: knative::IngressSpec,
+    status: Option<knative::IngressStatus>,
+) -> knative::Ingress {
+    let mut annotations = meta.annotations.unwrap_or_default();
+    annotations.remove(LAST_APPLIED);
+    knative::Ingress {
+        metadata: knative::ObjectMeta {
+            name: meta.name.unwrap_or_default(),
+            namespace: meta.namespace.unwrap_or_default(),
+            annotations,
+            labels: meta.labels.unwrap_or_default(),
+            creation_timestamp: meta.creation_timestamp.map(|time| time.0.to_string()),
+            generation: meta.generation,
+        },
+        spec,
+        status,
+    }
+}
+
+/// What one watch has delivered.
+#[derive(Debug, Default)]
+struct Book {
+    kind: String,
+    /// The namespace it is limited to; `None` for all.
+    namespace: Option<String>,
+    /// Whether its current list is complete.
+    synced: bool,
+    /// What it delivered to the world and has not deleted since.
+    delivered: BTreeSet<ObjectKey>,
+    /// A list in progress: what it listed so far (`None`: a secret whose data is not kept).
+    listing: Option<BTreeMap<ObjectKey, Option<Object>>>,
+}
+
+/// Turns the watches' events into batches.
+struct Follower {
+    client: Client,
+    ingress_class: String,
+    books: Vec<Book>,
+    secrets: SecretUse,
+    pending: Vec<SourceEvent>,
+    /// Whether the initial batch went out.
+    started: bool,
+}
+
+impl Follower {
+    fn new(client: Client, ingress_class: String, books: Vec<Book>) -> Follower {
+        Follower {
+            client,
+            ingress_class,
+            books,
+            secrets: SecretUse::default(),
+            pending: Vec::new(),
+            started: false,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut merged: SelectAll<BoxStream<'static, Tagged>>,
+        batches: mpsc::Sender<Batch>,
+    ) {
+        loop {
+            let first = tokio::select! {
+                next = merged.next() => next,
+                () = batches.closed() => return,
+            };
+            let Some(first) = first else { return };
+            let mut fetch = self.handle(first);
+            let mut taken = 1;
+            while taken < MAX_BATCH_EVENTS {
+                let Some(Some(next)) = merged.next().now_or_never() else {
+                    break;
+                };
+                fetch.extend(self.handle(next));
+                taken += 1;
+            }
+            self.fetch_secrets(fetch).await;
+            if !self.started {
+                if !self.books.iter().all(|book| book.synced) {
+                    continue;
+                }
+                self.start();
+            }
+            if self.pending.is_empty() && self.started {
+                continue;
+            }
+            let batch = Batch {
+                events: std::mem::take(&mut self.pending),
+                initial: !std::mem::replace(&mut self.started, true),
+                ..Batch::default()
+            };
+            if batches.send(batch).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Applies one watch event; returns the secrets that became needed and must be read.
+    fn handle(&mut self, (index, event): Tagged) -> Vec<NsName> {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(kind = %self.books[index].kind, "watching the API server failed, retrying with backoff: {error}");
+                return Vec::new();
+            }
+        };
+        match event {
+            Event::Init => {
+                self.books[index].listing = Some(BTreeMap::new());
+                Vec::new()
+            }
+            Event::InitApply(object) => {
+                // Before the first batch, secrets are kept whole: which ones the ingresses name
+                // is known only once every ingress is listed.
+                let object = match object {
+                    Object::Secret(secret) if self.started => {
+                        let key = secret_key(&secret);
+                        self.secrets.needed(&key).then_some(Object::Secret(secret))
+                    }
+                    object => Some(object),
+                };
+                let key = object.as_ref().map(Object::key);
+                if let (Some(listing), Some(key)) = (&mut self.books[index].listing, key) {
+                    listing.insert(key, object);
+                }
+                Vec::new()
+            }
+            Event::InitDone => {
+                self.books[index].synced = true;
+                if self.started {
+                    self.finish_listing(index)
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::Apply(object) => self.upsert(index, object),
+            Event::Delete(object) => self.delete(index, object.key()),
+        }
+    }
+
+    /// The first batch: every watch's list, ingresses first so that the secrets they name are
+    /// known when the secrets are sorted.
+    fn start(&mut self) {
+        let mut order: Vec<usize> = (0..self.books.len()).collect();
+        order.sort_by_key(|&index| !self.books[index].kind.ends_with("Ingress"));
+        for index in order {
+            let fetch = self.finish_listing(index);
+            debug_assert!(
+                fetch.is_empty(),
+                "secrets are listed before the first batch, never fetched"
+            );
+        }
+    }
+
+    /// Replaces what a watch delivered with what its completed list holds.
+    fn finish_listing(&mut self, index: usize) -> Vec<NsName> {
+        let Some(listing) = self.books[index].listing.take() else {
+            return Vec::new();
+        };
+        let gone: Vec<ObjectKey> = self.books[index]
+            .delivered
+            .iter()
+            .filter(|key| !matches!(listing.get(*key), Some(Some(_))))
+            .cloned()
+            .collect();
+        let mut fetch = Vec::new();
+        for key in gone {
+            fetch.extend(self.delete(index, key));
+        }
+        for object in listing.into_values().flatten() {
+            fetch.extend(self.upsert(index, object));
+        }
+        fetch
+    }
+
+    fn upsert(&mut self, index: usize, object: Object) -> Vec<NsName> {
+        let key = object.key();
+        let mut fetch = Vec::new();
+        match &object {
+            Object::Secret(secret) if !self.secrets.needed(&secret_key(secret)) => {
+                return self.delete(index, key);
+            }
+            Object::Ingress(_, ingress) => {
+                let ObjectKey::Ingress(ingress_key) = &key else {
+                    unreachable!("an ingress has an ingress key")
+                };
+                let named = self.secrets_named(ingress);
+                let (added, released) = self.secrets.update(ingress_key, named);
+                fetch = added;
+                self.release(released);
+            }
+            _ => {}
+        }
+        self.books[index].delivered.insert(key);
+        self.pending.push(SourceEvent::Upsert(object));
+        fetch
+    }
+
+    fn delete(&mut self, index: usize, key: ObjectKey) -> Vec<NsName> {
+        if let ObjectKey::Ingress(ingress_key) = &key {
+            let (_, released) = self.secrets.update(ingress_key, Named::NotServed);
+            self.release(released);
+        }
+        if self.books[index].delivered.remove(&key) {
+            self.pending.push(SourceEvent::Delete(key));
+        }
+        Vec::new()
+    }
+
+    /// Secrets no owned ingress names any more: their data leaves the world.
+    fn release(&mut self, secrets: Vec<NsName>) {
+        for secret in secrets {
+            let key = ObjectKey::Secret(secret);
+            for book in &mut self.books {
+                if book.delivered.remove(&key) {
+                    self.pending.push(SourceEvent::Delete(key.clone()));
+                }
+            }
+        }
+    }
+
+    /// The secrets an ingress names, as far as sluice serves it.
+    fn secrets_named(&self, ingress: &knative::Ingress) -> Named {
+        if ingress.ingress_class() != Some(self.ingress_class.as_str()) {
+            return Named::NotServed;
+        }
+        let mut ingress = ingress.clone();
+        ingress.set_defaults();
+        if ingress.validate().is_err() {
+            return Named::Invalid;
+        }
+        Named::Secrets(
+            ingress
+                .spec
+                .tls
+                .iter()
+                .map(|tls| NsName::new(tls.secret_namespace.clone(), tls.secret_name.clone()))
+                .collect(),
+        )
+    }
+
+    /// Reads the secrets that became needed, whose data the watch did not keep.
+    async fn fetch_secrets(&mut self, secrets: Vec<NsName>) {
+        for secret in secrets {
+            let watched_by = self.books.iter().position(|book| {
+                book.kind == "Secret"
+                    && book
+                        .namespace
+                        .as_ref()
+                        .is_none_or(|namespace| *namespace == secret.namespace)
+            });
+            let Some(index) = watched_by else {
+                continue;
+            };
+            let key = ObjectKey::Secret(secret.clone());
+            if self.books.iter().any(|book| book.delivered.contains(&key)) {
+                continue;
+            }
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret.namespace);
+            match api.get_opt(&secret.name).await {
+                Ok(Some(mut found)) => {
+                    slim(&mut found.metadata);
+                    self.upsert(index, Object::Secret(Box::new(found)));
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(
+                    %secret,
+                    "cannot read a TLS secret an ingress names; it is used once it changes: {error}"
+                ),
+            }
+        }
+    }
+}
+
+fn secret_key(secret: &Secret) -> NsName {
+    NsName::new(
+        secret.metadata.namespace.clone().unwrap_or_default(),
+        secret.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// What a version of an ingress says about the secrets it needs.
+enum Named {
+    NotServed,
+    Invalid,
+    Secrets(BTreeSet<NsName>),
+}
+
+/// Which secrets the owned ingresses name.
+#[derive(Debug, Default)]
+struct SecretUse {
+    by_ingress: BTreeMap<IngressKey, BTreeSet<NsName>>,
+    users: BTreeMap<NsName, usize>,
+}
+
+impl SecretUse {
+    fn needed(&self, secret: &NsName) -> bool {
+        self.users.contains_key(secret)
+    }
+
+    /// Records what an ingress names now; returns the secrets that became needed and those no
+    /// longer needed.
+    fn update(&mut self, ingress: &IngressKey, named: Named) -> (Vec<NsName>, Vec<NsName>) {
+        let after = match named {
+            // The world keeps serving the last valid version, and with it its secrets.
+            Named::Invalid => return (Vec::new(), Vec::new()),
+            Named::NotServed => BTreeSet::new(),
+            Named::Secrets(secrets) => secrets,
+        };
+        let before = self.by_ingress.remove(ingress).unwrap_or_default();
+        let mut added = Vec::new();
+        let mut released = Vec::new();
+        for secret in after.difference(&before) {
+            let users = self.users.entry(secret.clone()).or_default();
+            *users += 1;
+            if *users == 1 {
+                added.push(secret.clone());
+            }
+        }
+        for secret in before.difference(&after) {
+            if let Some(users) = self.users.get_mut(secret) {
+                *users -= 1;
+                if *users == 0 {
+                    self.users.remove(secret);
+                    released.push(secret.clone());
+                }
+            }
+        }
+        if !after.is_empty() {
+            self.by_ingress.insert(ingress.clone(), after);
+        }
+        (added, released)
+    }
+}
