@@ -219,6 +219,25 @@ pub fn endpoint_slice(
     port_name: &str,
     backend_port: u16,
 ) -> Value {
+    endpoint_slice_at(
+        service,
+        slice_name,
+        namespace,
+        port_name,
+        "127.0.0.1",
+        backend_port,
+    )
+}
+
+/// Like [`endpoint_slice`], with the endpoint at `address` (an API server refuses loopback).
+pub fn endpoint_slice_at(
+    service: &str,
+    slice_name: &str,
+    namespace: &str,
+    port_name: &str,
+    address: &str,
+    backend_port: u16,
+) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -228,7 +247,7 @@ pub fn endpoint_slice(
             "labels": {"kubernetes.io/service-name": service},
         },
         "addressType": "IPv4",
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": true}}],
         "ports": [{"name": port_name, "port": backend_port, "protocol": "TCP"}],
     })
 }

@@ -38,6 +38,7 @@ macro_rules! in_both_modes {
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
 pub mod conformance;
 pub mod envoy;
 pub mod images;

@@ -72,14 +72,37 @@ impl Sluice {
 
     /// `sluice serve` on the given ports.
     pub fn start_on(manifests: &Path, ports: SluicePorts, extra_args: &[&str]) -> Sluice {
+        let mut args = vec!["--dir".to_owned(), manifests.display().to_string()];
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        Sluice::spawn(&args, manifests, ports)
+    }
+
+    /// `sluice serve` in Kubernetes mode on free ports, watching the API server of
+    /// `kubeconfig`, with `extra_args` appended (e.g. `["--namespace", ns]`).
+    pub fn start_in_cluster(kubeconfig: &Path, extra_args: &[&str]) -> Sluice {
+        Sluice::start_in_cluster_on(kubeconfig, SluicePorts::free(), extra_args)
+    }
+
+    /// Like [`Sluice::start_in_cluster`], on the given ports.
+    pub fn start_in_cluster_on(
+        kubeconfig: &Path,
+        ports: SluicePorts,
+        extra_args: &[&str],
+    ) -> Sluice {
+        let mut args = vec!["--kubeconfig".to_owned(), kubeconfig.display().to_string()];
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        Sluice::spawn(&args, kubeconfig, ports)
+    }
+
+    /// `sluice serve <source_args>` on `ports`; `source` is what it serves from (a manifest
+    /// directory or a kubeconfig).
+    fn spawn(source_args: &[String], source: &Path, ports: SluicePorts) -> Sluice {
         let dir = temp_dir("sluice-serve-");
         let stdout_path = dir.path().join("stdout.log");
         let stderr_path = dir.path().join("stderr.log");
         let addr = |port: u16| local(port).to_string();
         let child = Command::new(sluice_binary())
             .arg("serve")
-            .arg("--dir")
-            .arg(manifests)
             .args(["--xds-addr", &addr(ports.xds)])
             .args(["--admin-addr", &addr(ports.admin)])
             .args(["--listen-address", "127.0.0.1"])
@@ -87,7 +110,7 @@ impl Sluice {
             .args(["--https-port", &ports.https.to_string()])
             .args(["--internal-http-port", &ports.internal_http.to_string()])
             .args(["--internal-https-port", &ports.internal_https.to_string()])
-            .args(extra_args)
+            .args(source_args)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).expect("create sluice stdout.log"))
             .stderr(File::create(&stderr_path).expect("create sluice stderr.log"))
@@ -96,7 +119,7 @@ impl Sluice {
         Sluice {
             child: Mutex::new(child),
             dir,
-            manifests: manifests.to_path_buf(),
+            manifests: source.to_path_buf(),
             ports,
             stdout_path,
             stderr_path,

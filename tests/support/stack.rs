@@ -50,7 +50,12 @@ impl Stack {
 
     pub async fn start_with(manifests: &Path, options: StackOptions) -> Stack {
         let sluice_args: Vec<&str> = options.sluice_args.iter().map(String::as_str).collect();
-        let sluice = Sluice::start_with(manifests, &sluice_args);
+        Stack::start_on(Sluice::start_with(manifests, &sluice_args), options).await
+    }
+
+    /// Waits for a started `sluice` to be ready, then starts an Envoy bootstrapped from it
+    /// (`options.sluice_args` are not used: sluice already runs).
+    pub async fn start_on(sluice: Sluice, options: StackOptions) -> Stack {
         sluice.wait_ready().await;
         let node_id = options.node_id.clone().unwrap_or_else(|| {
             format!(
