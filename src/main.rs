@@ -7,18 +7,19 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use sluice::admin::{self, AdminState, api};
+use sluice::admin::{self, AdminState, ServerInfo};
 use sluice::bootstrap::{self, BootstrapConfig};
 use sluice::engine::Engine;
 use sluice::metrics::Metrics;
 use sluice::source::file;
-use sluice::status::IngressView;
 use sluice::translate::TranslateConfig;
-use sluice::xds::{AdsService, ProxyRegistry};
+use sluice::xds::{AdsService, CsdsService, ProxyRegistry};
+
+mod cli;
 
 /// Translation allocates many small resources; mimalloc makes that markedly cheaper than glibc.
 #[global_allocator]
@@ -48,8 +49,20 @@ enum Command {
     /// Show what a running control plane knows.
     Get {
         #[command(subcommand)]
-        what: GetCommand,
+        what: cli::get::GetCommand,
     },
+    /// The proxies a control plane configures: their URLs, their Envoys' sync status, what
+    /// they are served, and Envoy's own config and stats.
+    Proxy {
+        #[command(subcommand)]
+        what: cli::proxy::ProxyCommand,
+    },
+    /// Check that everything serves: one line per check, non-zero exit if any fails.
+    Check(cli::check::CheckArgs),
+    /// Send a request to a Knative service through its proxy, as knctl's `curl` does.
+    Curl(cli::curl::CurlArgs),
+    /// Print a shell completion script.
+    Completion(cli::completion::CompletionArgs),
     /// Print the version.
     Version,
 }
@@ -78,6 +91,13 @@ struct ServeArgs {
     /// Only ingresses whose class annotation names this are served.
     #[arg(long, default_value = DEFAULT_CLASS)]
     ingress_class: String,
+    /// This process's name among the control-plane replicas, shown with each Envoy connected
+    /// to it (`sluice proxy status`). Default: $POD_NAME, else the host name.
+    #[arg(long, env = "POD_NAME")]
+    replica_id: Option<String>,
+    /// The admin address of the Envoy that `sluice up` started, reported by the admin API.
+    #[arg(skip)]
+    started_envoy_admin: Option<String>,
 }
 
 #[derive(Args)]
@@ -112,25 +132,6 @@ struct UpArgs {
     delta: bool,
 }
 
-#[derive(Subcommand)]
-enum GetCommand {
-    /// Every Ingress and ClusterIngress with its status.
-    #[command(alias = "ingresses")]
-    Ingress {
-        #[arg(long, default_value = "127.0.0.1:9091")]
-        admin_addr: String,
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-    Yaml,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -155,9 +156,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => up(args).await,
-        Command::Get {
-            what: GetCommand::Ingress { admin_addr, output },
-        } => get_ingress(&admin_addr, output).await,
+        Command::Get { what } => cli::get::run(what).await,
+        Command::Proxy { what } => cli::proxy::run(what).await,
+        Command::Check(args) => cli::check::run(args).await,
+        Command::Curl(args) => cli::curl::run(args).await,
+        Command::Completion(args) => cli::completion::run(args, Cli::command()),
         Command::Version => {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -180,17 +183,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         internal_http_port: args.internal_http_port,
         internal_https_port: args.internal_https_port,
     };
-    let (engine, feed) = Engine::new(&args.ingress_class, config, metrics.clone());
+    let (engine, feed) = Engine::new(&args.ingress_class, config.clone(), metrics.clone());
     let engine = Arc::new(Mutex::new(engine));
-    let registry = Arc::new(ProxyRegistry::default());
+    let replica_id = args
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let registry = Arc::new(ProxyRegistry::new(replica_id));
     let xds_listener = bind(args.xds_addr, "xds").await?;
     let admin_listener = bind(args.admin_addr, "admin").await?;
     let mut batches = file::watch(args.dir.clone())?;
 
+    let csds = CsdsService::new(registry.clone(), feed.clone());
     let ads = AdsService::new(feed, registry.clone(), metrics.clone());
     let xds = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(ads)
+        .add_service(csds)
         .serve_with_incoming(TcpListenerStream::new(xds_listener));
     let admin = axum::serve(
         admin_listener,
@@ -198,6 +207,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             engine: engine.clone(),
             registry,
             metrics,
+            server: ServerInfo {
+                xds_addr: args.xds_addr,
+                listeners: config,
+                envoy_admin_addr: args.started_envoy_admin.clone(),
+            },
         }),
     );
     tracing::info!(dir = %args.dir.display(), xds = %args.xds_addr, admin = %args.admin_addr, "sluice serving");
@@ -264,7 +278,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             bootstrap_path.display()
         )
     })?;
-    let serve_args = args.serve.clone();
+    let serve_args = ServeArgs {
+        started_envoy_admin: Some(args.envoy_admin_addr.clone()),
+        ..args.serve.clone()
+    };
     let control_plane = tokio::spawn(serve(serve_args));
     let mut child = tokio::process::Command::new(&envoy)
         .arg("-c")
@@ -285,6 +302,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "  internal: http://{host}:{}",
         args.serve.internal_http_port
     );
+    println!("  envoy admin: http://{}", args.envoy_admin_addr);
     println!(
         "  status:   sluice get ingress --admin-addr {}",
         args.serve.admin_addr
@@ -304,69 +322,5 @@ fn proxy_host(listen_address: &str) -> &str {
     match listen_address {
         "0.0.0.0" | "::" => "127.0.0.1",
         other => other,
-    }
-}
-
-async fn get_ingress(admin_addr: &str, output: Output) -> anyhow::Result<()> {
-    let endpoint = format!("http://{admin_addr}");
-    let mut client = api::admin_client::AdminClient::connect(endpoint)
-        .await
-        .with_context(|| format!("cannot reach sluice's admin API at {admin_addr}; is `sluice serve` running? (--admin-addr)"))?;
-    let response = client
-        .list_ingresses(api::ListIngressesRequest {})
-        .await
-        .with_context(|| format!("listing ingresses from {admin_addr} failed"))?;
-    let views: Vec<IngressView> = response
-        .into_inner()
-        .ingresses
-        .into_iter()
-        .map(IngressView::from)
-        .collect();
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(&views)?),
-        Output::Table => print_table(&views),
-    }
-    Ok(())
-}
-
-fn print_table(views: &[IngressView]) {
-    let rows: Vec<[String; 5]> = views
-        .iter()
-        .map(|view| {
-            let ready = view.condition("Ready");
-            [
-                view.kind.clone(),
-                if view.namespace.is_empty() {
-                    "-".to_owned()
-                } else {
-                    view.namespace.clone()
-                },
-                view.name.clone(),
-                ready.map(|c| c.status.clone()).unwrap_or_default(),
-                ready
-                    .map(|c| match (c.reason.as_str(), c.message.as_str()) {
-                        ("", "") => String::new(),
-                        (reason, "") => reason.to_owned(),
-                        (reason, message) => format!("{reason}: {message}"),
-                    })
-                    .unwrap_or_default(),
-            ]
-        })
-        .collect();
-    let header = ["KIND", "NAMESPACE", "NAME", "READY", "REASON"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
     }
 }

@@ -2,11 +2,12 @@
 //! served snapshot, `LoadBalancerReady` once every connected Envoy that serves its visibility
 //! has ACKed the routes that carry it, `Ready` when both hold. Envoy's rejections land here too.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::knative::IngressKey;
+use crate::knative::{IngressKey, Visibility};
 use crate::translate::{ListenerKind, Translator};
 use crate::world::{IngressEntry, IngressProblem};
 use crate::xds::{Group, Proxy};
@@ -41,12 +42,27 @@ pub struct IngressStatus {
 
 /// One ingress as `sluice get ingress` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct IngressView {
     pub namespace: String,
     pub name: String,
     pub kind: String,
     pub owned: bool,
+    /// The hosts of each rule and who may reach them.
+    #[serde(default)]
+    pub rules: Vec<RuleView>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
     pub status: IngressStatus,
+}
+
+/// One rule of an ingress: its hosts and its visibility.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub hosts: Vec<String>,
+    pub visibility: Visibility,
 }
 
 impl IngressView {
@@ -234,11 +250,24 @@ pub fn view(
             domain_internal: name.to_owned(),
         }]
     };
+    let rules = entry
+        .latest
+        .spec
+        .rules
+        .iter()
+        .map(|rule| RuleView {
+            hosts: rule.hosts.clone(),
+            visibility: rule.visibility.unwrap_or_default(),
+        })
+        .collect();
     IngressView {
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         kind: key.kind.as_str().to_owned(),
         owned,
+        rules,
+        labels: entry.latest.metadata.labels.clone(),
+        creation_timestamp: entry.latest.metadata.creation_timestamp.clone(),
         status: IngressStatus {
             conditions,
             // Knative's clients dial every ingress through its public load balancer, so it is

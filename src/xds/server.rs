@@ -50,9 +50,23 @@ impl Proxy {
 pub struct ProxyRegistry {
     proxies: Mutex<BTreeMap<u64, Arc<Proxy>>>,
     next_id: AtomicU64,
+    replica_id: String,
 }
 
 impl ProxyRegistry {
+    /// A registry for the control-plane replica `replica_id` (a pod name in a cluster), so that
+    /// whoever lists the proxies can tell which replica each Envoy is connected to.
+    pub fn new(replica_id: impl Into<String>) -> ProxyRegistry {
+        ProxyRegistry {
+            replica_id: replica_id.into(),
+            ..ProxyRegistry::default()
+        }
+    }
+
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
     pub fn proxies(&self) -> Vec<Arc<Proxy>> {
         self.lock().values().cloned().collect()
     }

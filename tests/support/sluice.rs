@@ -218,14 +218,14 @@ impl Sluice {
         run_sluice(&args)
     }
 
-    /// `sluice get ingress --admin-addr <admin> -o json`, parsed: an array of
+    /// `sluice get ingress -A --admin-addr <admin> -o json`, parsed: an array of
     /// `{namespace, name, kind, status: {conditions: [...]}}`.
     pub async fn ingresses(&self) -> serde_json::Value {
         let admin = self.admin_addr().to_string();
         let output = tokio::time::timeout(
             Duration::from_secs(30),
             tokio::process::Command::new(sluice_binary())
-                .args(["get", "ingress", "--admin-addr", &admin, "-o", "json"])
+                .args(["get", "ingress", "-A", "--admin-addr", &admin, "-o", "json"])
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .output(),
