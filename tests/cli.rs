@@ -655,6 +655,17 @@ async fn a_nacked_envoy_is_shown_and_fails_check(delta: bool) {
             .all(|c| c.config_status == ConfigStatus::Synced as i32),
         "clusters are SYNCED"
     );
+    let mut answers = csds
+        .stream_client_status(futures::stream::iter([for_node(NODE)]))
+        .await
+        .expect("CSDS streams")
+        .into_inner();
+    let streamed = answers
+        .message()
+        .await
+        .expect("a streamed answer")
+        .expect("one answer per request");
+    assert_eq!(streamed.config.len(), 1, "the stream answers like fetch");
     let nobody = csds
         .fetch_client_status(for_node("nobody"))
         .await
@@ -808,4 +819,91 @@ async fn completion_prints_a_script() {
     assert!(fish.contains("complete -c sluice"), "{fish}");
     let zsh = ok(&["completion", "zsh"]).await.stdout;
     assert!(zsh.starts_with("#compdef sluice"), "{zsh}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_https_sends_the_host_as_server_name() {
+    let backend = Backend::start("secure").await;
+    let dir = ManifestDir::new();
+    dir.write(
+        "svc.yaml",
+        &manifests::service_for("secure", NS, backend.port(), "http"),
+    );
+    let host = "secure.default.example.com";
+    let (certificate, key) = support::tls::certificate(host);
+    dir.write(
+        "secret.yaml",
+        &manifests::to_yaml(&manifests::tls_secret(
+            NS,
+            "secure-cert",
+            &certificate,
+            &key,
+        )),
+    );
+    let ingress = Ingress::new(NS, "secure")
+        .rule(
+            Rule::external(&[host]).path(HttpPath::new().split(Split::new(
+                NS,
+                "secure",
+                SERVICE_PORT,
+            ))),
+        )
+        .tls(&[host], NS, "secure-cert");
+    dir.write("secure.yaml", &ingress.to_yaml());
+    let stack = Stack::start(dir.path(), false).await;
+    stack
+        .sluice
+        .wait_ingress_ready(NS, "secure", "True", CONVERGE)
+        .await;
+    let admin = stack.sluice.admin_addr().to_string();
+    let admin = admin.as_str();
+    let https_port = stack.sluice.ports().https;
+    let ca = tempfile::NamedTempFile::new().expect("a file for the CA");
+    std::fs::write(ca.path(), &certificate).expect("write the CA");
+    let ca_path = ca.path().to_str().expect("a UTF-8 temp path");
+
+    let url = ok(&["proxy", "url", "--port", "https", "--admin-addr", admin]).await;
+    assert!(url.stderr.is_empty(), "served now: {url:?}");
+    let curl = ok(&[
+        "curl",
+        "--service",
+        "secure",
+        "--https",
+        "--cacert",
+        ca_path,
+        "--admin-addr",
+        admin,
+    ])
+    .await;
+    assert_eq!(
+        curl.stdout,
+        format!(
+            "Running: curl -sS -H 'Host: {host}' --resolve {host}:{https_port}:127.0.0.1 \
+             --cacert {ca_path} https://{host}:{https_port}/\nsecure"
+        )
+    );
+    let insecure = ok(&[
+        "curl",
+        "--service",
+        "secure",
+        "--https",
+        "-k",
+        "--admin-addr",
+        admin,
+    ])
+    .await;
+    assert!(insecure.stdout.ends_with("\nsecure"), "{insecure:?}");
+    let untrusted = fails(&[
+        "curl",
+        "--service",
+        "secure",
+        "--https",
+        "--admin-addr",
+        admin,
+    ])
+    .await;
+    assert!(
+        untrusted.stderr.contains("TLS handshake") && untrusted.stderr.contains(host),
+        "a self-signed certificate is not trusted by default: {untrusted:?}"
+    );
 }
