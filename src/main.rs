@@ -57,11 +57,8 @@ enum Command {
         #[command(subcommand)]
         what: cli::proxy::ProxyCommand,
     },
-    /// Check that everything serves: one line per check, non-zero exit if any fails.
     Check(cli::check::CheckArgs),
-    /// Send a request to a Knative service through its proxy, as knctl's `curl` does.
     Curl(cli::curl::CurlArgs),
-    /// Print a shell completion script.
     Completion(cli::completion::CompletionArgs),
     /// Print the version.
     Version,

@@ -6,6 +6,8 @@ use serde::Serialize;
 use super::output::{self, Output};
 use super::{Backend, Target, proxy};
 
+/// Check that everything serves: one line per check, non-zero exit if any fails.
+///
 /// Checks, in order: the control plane is healthy and ready; some Envoy is connected; every
 /// connected Envoy has every xDS type SYNCED (no update pending, no NACK); Envoy's
 /// `update_rejected` counters are zero; every ingress this control plane owns is Ready (each
@@ -21,6 +23,7 @@ pub struct CheckArgs {
     /// know it.
     #[arg(long, value_name = "HOST:PORT")]
     envoy_admin_addr: Option<String>,
+    /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -125,7 +128,7 @@ async fn run_checks(backend: &Backend, envoy_admin: Option<&str>) -> anyhow::Res
                     .last_nack
                     .as_ref()
                     .filter(|_| sync.status == "NACKED")
-                    .map(|nack| format!(": {}", nack.message))
+                    .map(|nack| format!(": {}", nack.message.trim()))
                     .unwrap_or_default();
                 format!("{} {name} {}{why}", envoy.node, sync.status)
             })

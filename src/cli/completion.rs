@@ -3,7 +3,9 @@
 use clap::Args;
 use clap_complete::Shell;
 
-/// Prints a completion script: `source <(sluice completion bash)`, or for zsh
+/// Print a shell completion script.
+///
+/// Load it with `source <(sluice completion bash)`, or for zsh
 /// `sluice completion zsh > "${fpath[1]}/_sluice"`, or for fish
 /// `sluice completion fish > ~/.config/fish/completions/sluice.fish`.
 #[derive(Debug, Args)]

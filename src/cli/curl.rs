@@ -14,10 +14,12 @@ use super::{Target, http, output, proxy};
 const SERVICE_LABEL: &str = "serving.knative.dev/service";
 const PROXY_NAMESPACE: &str = "gloo-system";
 
-/// Finds the ingress of a Knative service (the one labelled serving.knative.dev/service=NAME,
-/// else the one named NAME) and the proxy's URL, prints the curl command that does the same
-/// (`Running: curl -sS -H 'Host: <host>' <url><path>`), then sends the request itself and
-/// prints the response body. Exits non-zero on a connection error or a 5xx.
+/// Send a request to a Knative service through its proxy, as knctl's `curl` does.
+///
+/// Finds the ingress of the service (the one labelled serving.knative.dev/service=NAME, else
+/// the one named NAME) and the proxy's URL, prints the curl command that does the same
+/// (`Running: curl -sS -H 'Host: <host>' <url><path>`), then sends the request itself (no curl
+/// needed) and prints the response body. Exits non-zero on a connection error or a 5xx.
 ///
 /// Locally the URL is the listener the control plane gives its Envoys. With --https the
 /// request goes to the HTTPS listener with the host as TLS server name, checked against the
@@ -33,6 +35,7 @@ pub struct CurlArgs {
     /// The service's namespace.
     #[arg(short, long, default_value = "default")]
     namespace: String,
+    /// The request's path, with its query if any.
     #[arg(long, default_value = "/")]
     path: String,
     /// Through the internal proxy, to a cluster-local host.

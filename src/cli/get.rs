@@ -43,6 +43,7 @@ pub struct IngressArgs {
     /// Ingresses of every namespace, with a NAMESPACE column.
     #[arg(short = 'A', long)]
     all_namespaces: bool,
+    /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -54,6 +55,7 @@ pub struct ProxyArgs {
     /// The proxies' namespace: their role is `<namespace>~<name>`.
     #[arg(short, long, default_value = "gloo-system")]
     namespace: String,
+    /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }

@@ -60,6 +60,7 @@ pub struct UrlArgs {
     /// The proxy's namespace.
     #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
     namespace: String,
+    /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -68,6 +69,7 @@ pub struct UrlArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     target: Target,
+    /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -83,6 +85,7 @@ pub struct ServedArgs {
     /// gets the listeners of both proxies.
     #[arg(long)]
     role: Option<String>,
+    /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -101,6 +104,7 @@ pub struct EnvoyAdminArgs {
     /// know it.
     #[arg(long, value_name = "HOST:PORT")]
     envoy_admin_addr: Option<String>,
+    /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
@@ -245,7 +249,7 @@ fn status_table(envoys: &[Envoy]) -> String {
                     envoy.node,
                     nack.version,
                     nack.resources.join(","),
-                    nack.message
+                    nack.message.trim()
                 ));
             }
         }
