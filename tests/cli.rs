@@ -631,6 +631,24 @@ async fn a_nacked_envoy_is_shown_and_fails_check(delta: bool) {
     assert_eq!(status.config.len(), 1);
     let config = &status.config[0];
     assert_eq!(config.node.as_ref().map(|n| n.id.as_str()), Some(NODE));
+    let lds = config
+        .generic_xds_configs
+        .iter()
+        .find(|c| c.name.is_empty() && c.type_url.ends_with("Listener"))
+        .expect("the status of LDS as a whole");
+    assert_eq!(lds.config_status, ConfigStatus::Error as i32);
+    assert!(
+        lds.error_state
+            .as_ref()
+            .is_some_and(|e| e.details.contains("cannot bind")),
+        "{lds:?}"
+    );
+    let sds = config
+        .generic_xds_configs
+        .iter()
+        .find(|c| c.name.is_empty() && c.type_url.ends_with("Secret"))
+        .expect("the status of SDS as a whole");
+    assert_eq!(sds.config_status, ConfigStatus::NotSent as i32);
     let listener = config
         .generic_xds_configs
         .iter()

@@ -1,7 +1,7 @@
 //! What is served, per Envoy and per role, and Envoy's Client Status Discovery Service (CSDS,
 //! `envoy.service.status.v3`) on the xDS port: for each connected Envoy that a request's node
-//! matchers select, every resource this control plane sent it, with its version and where it
-//! stands (SYNCED, STALE, or ERROR with the NACK's message). `sluice proxy status` and
+//! matchers select, where each xDS type stands (SYNCED, STALE, ERROR with the NACK's message, or
+//! NOT_SENT), and every resource this control plane sent it, with its version and status. `sluice proxy status` and
 //! `sluice proxy served-config` show the same state through the admin API.
 
 use std::pin::Pin;
@@ -155,33 +155,58 @@ fn node_of(proxy: &Proxy) -> Node {
     }
 }
 
+/// One entry per xDS type, with an empty name, holding the type's status (and the NACK's
+/// message while its last response is rejected), then one entry per resource sent.
 fn client_config(proxy: &Proxy, snapshot: Option<&Snapshot>, contents: bool) -> ClientConfig {
-    let generic_xds_configs = served_to(proxy, snapshot)
-        .into_iter()
-        .map(|served| {
-            let (config_status, client_status) = config_status(served.sync);
-            let body = served.resource.as_ref().map(|r| redacted(&r.body));
-            let error_state = (served.sync == SyncStatus::Nacked).then(|| UpdateFailureState {
-                failed_configuration: body.clone(),
-                details: served.nack_message.clone().unwrap_or_default(),
-                version_info: served.version.clone(),
+    let statuses = proxy
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .status();
+    let per_type = TypeUrl::ALL.into_iter().map(|type_url| {
+        let status = statuses.get(&type_url);
+        let sync = status.map_or(SyncStatus::NotSent, |s| s.sync);
+        let (config_status, client_status) = config_status(sync);
+        let error_state = status
+            .and_then(|s| s.last_nack.as_ref())
+            .filter(|_| sync == SyncStatus::Nacked)
+            .map(|nack| UpdateFailureState {
+                details: nack.message.clone(),
+                version_info: nack.version.clone(),
                 ..Default::default()
             });
-            GenericXdsConfig {
-                type_url: served.type_url.as_str().to_owned(),
-                name: served.name,
-                version_info: served.version,
-                xds_config: body.filter(|_| contents),
-                config_status: config_status as i32,
-                client_status: client_status as i32,
-                error_state,
-                ..Default::default()
-            }
-        })
-        .collect();
+        GenericXdsConfig {
+            type_url: type_url.as_str().to_owned(),
+            version_info: status.map(|s| s.acked_version.clone()).unwrap_or_default(),
+            config_status: config_status as i32,
+            client_status: client_status as i32,
+            error_state,
+            ..Default::default()
+        }
+    });
+    let per_resource = served_to(proxy, snapshot).into_iter().map(|served| {
+        let (config_status, client_status) = config_status(served.sync);
+        let body = served.resource.as_ref().map(|r| redacted(&r.body));
+        let error_state = (served.sync == SyncStatus::Nacked).then(|| UpdateFailureState {
+            failed_configuration: body.clone(),
+            details: served.nack_message.clone().unwrap_or_default(),
+            version_info: served.version.clone(),
+            ..Default::default()
+        });
+        GenericXdsConfig {
+            type_url: served.type_url.as_str().to_owned(),
+            name: served.name,
+            version_info: served.version,
+            xds_config: body.filter(|_| contents),
+            config_status: config_status as i32,
+            client_status: client_status as i32,
+            error_state,
+            ..Default::default()
+        }
+    });
     ClientConfig {
         node: Some(node_of(proxy)),
-        generic_xds_configs,
+        generic_xds_configs: per_type.chain(per_resource).collect(),
         ..Default::default()
     }
 }
