@@ -2,6 +2,7 @@
 //! admin API (proto/sluice/admin/v1) on the same port.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -12,10 +13,14 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use crate::engine::Engine;
+use crate::knative::Visibility;
 use crate::metrics::Metrics;
 use crate::status::writer::OtherReplicas;
-use crate::status::{Condition, Envoys, IngressStatus, IngressView, LoadBalancer};
-use crate::xds::{Group, ProxyRegistry, ProxyView, TypeUrl, to_json};
+use crate::status::{Condition, Envoys, IngressStatus, IngressView, LoadBalancer, RuleView};
+use crate::translate::{ListenerKind, TranslateConfig};
+use crate::xds::{
+    Group, ProxyRegistry, ProxyView, SyncStatus, TypeUrl, served_to, served_to_group, to_json,
+};
 
 pub mod api {
     tonic::include_proto!("sluice.admin.v1");
@@ -28,6 +33,16 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// What the other replicas' Envoys ACKed (none in file mode).
     pub others: Arc<OtherReplicas>,
+    pub server: ServerInfo,
+}
+
+/// What the process knows of its own setup, for `GetServer`.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub xds_addr: SocketAddr,
+    pub listeners: TranslateConfig,
+    /// The admin address of the Envoy that `sluice up` started.
+    pub envoy_admin_addr: Option<String>,
 }
 
 impl AdminState {
@@ -155,6 +170,169 @@ impl api::admin_server::Admin for AdminState {
             ingresses,
         }))
     }
+
+    async fn get_server(
+        &self,
+        _request: tonic::Request<api::GetServerRequest>,
+    ) -> Result<tonic::Response<api::Server>, tonic::Status> {
+        let engine = self.engine();
+        let config = &self.server.listeners;
+        let listeners = ListenerKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let (name, port) = config.listener(kind);
+                let group = if kind.is_external() {
+                    Group::External
+                } else {
+                    Group::Internal
+                };
+                let served = engine
+                    .snapshot()
+                    .resources(group, TypeUrl::Listener)
+                    .contains_key(name);
+                api::Listener {
+                    name: name.to_owned(),
+                    proxy: if kind.is_external() {
+                        "knative-external-proxy"
+                    } else {
+                        "knative-internal-proxy"
+                    }
+                    .to_owned(),
+                    port_name: match kind {
+                        ListenerKind::External | ListenerKind::Internal => "http",
+                        ListenerKind::ExternalTls | ListenerKind::InternalTls => "https",
+                    }
+                    .to_owned(),
+                    address: config.listen_address.clone(),
+                    port: u32::from(port),
+                    served,
+                }
+            })
+            .collect();
+        Ok(tonic::Response::new(api::Server {
+            replica_id: self.registry.replica_id().to_owned(),
+            ready: engine.ready(),
+            xds_address: self.server.xds_addr.to_string(),
+            envoy_admin_address: self.server.envoy_admin_addr.clone().unwrap_or_default(),
+            listeners,
+        }))
+    }
+
+    async fn list_envoys(
+        &self,
+        _request: tonic::Request<api::ListEnvoysRequest>,
+    ) -> Result<tonic::Response<api::ListEnvoysResponse>, tonic::Status> {
+        let replica_id = self.registry.replica_id();
+        let envoys = self
+            .registry
+            .proxies()
+            .iter()
+            .map(|proxy| {
+                let view = proxy.view();
+                api::Envoy {
+                    node_id: view.node_id,
+                    role: view.role.unwrap_or_default(),
+                    group: format!("{:?}", view.group),
+                    mode: format!("{:?}", view.mode),
+                    replica_id: replica_id.to_owned(),
+                    connected_seconds: view.connected_seconds,
+                    types: view
+                        .types
+                        .into_iter()
+                        .map(|(short, status)| api::TypeSync {
+                            r#type: short.to_owned(),
+                            status: sync_name(status.sync).to_owned(),
+                            acked_version: status.acked_version,
+                            acked_resources: status.acked_resources as u64,
+                            last_nack: status.last_nack.map(|nack| api::Nack {
+                                version: nack.version,
+                                message: nack.message,
+                                resources: nack.resources,
+                            }),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(tonic::Response::new(api::ListEnvoysResponse { envoys }))
+    }
+
+    async fn get_served_config(
+        &self,
+        request: tonic::Request<api::GetServedConfigRequest>,
+    ) -> Result<tonic::Response<api::GetServedConfigResponse>, tonic::Status> {
+        use api::get_served_config_request::Target;
+        let render = |resource: Option<&crate::xds::Resource>| {
+            resource.map(|r| to_json(r).to_string()).unwrap_or_default()
+        };
+        let response = match request.into_inner().target {
+            Some(Target::NodeId(node_id)) => {
+                let proxy = self
+                    .registry
+                    .proxies()
+                    .into_iter()
+                    .rev()
+                    .find(|p| p.node_id == node_id)
+                    .ok_or_else(|| {
+                        tonic::Status::not_found(format!(
+                            "no Envoy with node id {node_id:?} is connected to this replica"
+                        ))
+                    })?;
+                let snapshot = self.engine().snapshot().clone();
+                api::GetServedConfigResponse {
+                    group: format!("{:?}", proxy.group()),
+                    resources: served_to(&proxy, Some(&snapshot))
+                        .into_iter()
+                        .map(|served| api::ServedResource {
+                            r#type: served.type_url.short().to_owned(),
+                            json: render(served.resource.as_deref()),
+                            name: served.name,
+                            version: served.version,
+                            status: sync_name(served.sync).to_owned(),
+                            nack_message: served.nack_message.unwrap_or_default(),
+                        })
+                        .collect(),
+                }
+            }
+            Some(Target::Role(role)) => {
+                let group = Group::from_role(Some(&role));
+                let snapshot = self.engine().snapshot().clone();
+                api::GetServedConfigResponse {
+                    group: format!("{group:?}"),
+                    resources: served_to_group(group, &snapshot)
+                        .into_iter()
+                        .map(|(type_url, resource)| api::ServedResource {
+                            r#type: type_url.short().to_owned(),
+                            name: resource.name.clone(),
+                            version: resource.version.clone(),
+                            json: render(Some(&resource)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }
+            }
+            None => {
+                return Err(tonic::Status::invalid_argument("name a node_id or a role"));
+            }
+        };
+        Ok(tonic::Response::new(response))
+    }
+}
+
+fn sync_name(sync: SyncStatus) -> &'static str {
+    match sync {
+        SyncStatus::Synced => "SYNCED",
+        SyncStatus::Stale => "STALE",
+        SyncStatus::Nacked => "NACKED",
+        SyncStatus::NotSent => "NOT_SENT",
+    }
+}
+
+fn visibility_name(visibility: Visibility) -> &'static str {
+    match visibility {
+        Visibility::ExternalIP => "ExternalIP",
+        Visibility::ClusterLocal => "ClusterLocal",
+    }
 }
 
 impl From<IngressView> for api::Ingress {
@@ -180,6 +358,16 @@ impl From<IngressView> for api::Ingress {
                 .collect(),
             public_load_balancers: domains(view.status.public_load_balancer),
             private_load_balancers: domains(view.status.private_load_balancer),
+            rules: view
+                .rules
+                .into_iter()
+                .map(|rule| api::Rule {
+                    hosts: rule.hosts,
+                    visibility: visibility_name(rule.visibility).to_owned(),
+                })
+                .collect(),
+            labels: view.labels.into_iter().collect(),
+            creation_timestamp: view.creation_timestamp.unwrap_or_default(),
         }
     }
 }
@@ -197,6 +385,19 @@ impl From<api::Ingress> for IngressView {
             name: ingress.name,
             kind: ingress.kind,
             owned: ingress.owned,
+            rules: ingress
+                .rules
+                .into_iter()
+                .map(|rule| RuleView {
+                    hosts: rule.hosts,
+                    visibility: [Visibility::ExternalIP, Visibility::ClusterLocal]
+                        .into_iter()
+                        .find(|v| visibility_name(*v) == rule.visibility)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            labels: ingress.labels.into_iter().collect(),
+            creation_timestamp: Some(ingress.creation_timestamp).filter(|t| !t.is_empty()),
             status: IngressStatus {
                 conditions: ingress
                     .conditions

@@ -7,15 +7,16 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use sluice::admin::api;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice::bootstrap::{self, BootstrapConfig};
 use sluice::cluster::ClusterOptions;
 use sluice::install;
 use sluice::runtime::{self, KubernetesOptions, ServeOptions, SourceOptions};
+use sluice::status::LoadBalancers;
 use sluice::status::writer::Timing;
-use sluice::status::{IngressView, LoadBalancers};
 use sluice::translate::TranslateConfig;
+
+mod cli;
 
 /// Translation allocates many small resources; mimalloc makes that markedly cheaper than glibc.
 #[global_allocator]
@@ -45,8 +46,17 @@ enum Command {
     /// Show what a running control plane knows.
     Get {
         #[command(subcommand)]
-        what: GetCommand,
+        what: cli::get::GetCommand,
     },
+    /// The proxies a control plane configures: their URLs, their Envoys' sync status, what
+    /// they are served, and Envoy's own config and stats.
+    Proxy {
+        #[command(subcommand)]
+        what: cli::proxy::ProxyCommand,
+    },
+    Check(cli::check::CheckArgs),
+    Curl(cli::curl::CurlArgs),
+    Completion(cli::completion::CompletionArgs),
     /// Install sluice's pieces into a cluster with server-side apply, or print them.
     Install {
         #[command(subcommand)]
@@ -97,9 +107,14 @@ struct ServeArgs {
     internal_proxy: String,
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
-    /// This replica's identity for leader election (default: $POD_NAME, else the host name).
-    #[arg(long)]
+    /// This process's name among the control-plane replicas: its identity for leader election,
+    /// and shown with each Envoy connected to it (`sluice proxy status`). Default: $POD_NAME,
+    /// else the host name.
+    #[arg(long, env = "POD_NAME")]
     replica_id: Option<String>,
+    /// The admin address of the Envoy that `sluice up` started, reported by the admin API.
+    #[arg(skip)]
+    started_envoy_admin: Option<String>,
     /// Kubernetes mode: seconds a leader's Lease lasts without renewal; a new leader takes
     /// over within it.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
@@ -156,10 +171,6 @@ impl ServeArgs {
                 cluster: self.cluster.options(),
                 namespaces: self.namespaces.clone(),
                 system_namespace: self.system_namespace.clone(),
-                replica: self
-                    .replica_id
-                    .clone()
-                    .unwrap_or_else(runtime::default_replica),
                 timing: Timing {
                     lease_duration: Duration::from_secs(self.lease_duration),
                     startup_grace: Duration::from_secs(self.startup_grace),
@@ -168,6 +179,11 @@ impl ServeArgs {
         };
         ServeOptions {
             source,
+            replica: self
+                .replica_id
+                .clone()
+                .unwrap_or_else(runtime::default_replica),
+            envoy_admin_addr: self.started_envoy_admin.clone(),
             xds_addr: self.xds_addr,
             admin_addr: self.admin_addr,
             ingress_class: self.ingress_class.clone(),
@@ -220,25 +236,6 @@ struct UpArgs {
     delta: bool,
 }
 
-#[derive(Subcommand)]
-enum GetCommand {
-    /// Every Ingress and ClusterIngress with its status.
-    #[command(alias = "ingresses")]
-    Ingress {
-        #[arg(long, default_value = "127.0.0.1:9091")]
-        admin_addr: String,
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-    Yaml,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -263,9 +260,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => up(args).await,
-        Command::Get {
-            what: GetCommand::Ingress { admin_addr, output },
-        } => get_ingress(&admin_addr, output).await,
+        Command::Get { what } => cli::get::run(what).await,
+        Command::Proxy { what } => cli::proxy::run(what).await,
+        Command::Check(args) => cli::check::run(args).await,
+        Command::Curl(args) => cli::curl::run(args).await,
+        Command::Completion(args) => cli::completion::run(args, Cli::command()),
         Command::Install {
             what: InstallCommand::Crds(args),
         } => {
@@ -339,7 +338,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             bootstrap_path.display()
         )
     })?;
-    let serve_args = args.serve.clone();
+    let serve_args = ServeArgs {
+        started_envoy_admin: Some(args.envoy_admin_addr.clone()),
+        ..args.serve.clone()
+    };
     let control_plane = tokio::spawn(serve(serve_args));
     let mut child = tokio::process::Command::new(&envoy)
         .arg("-c")
@@ -363,6 +365,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "  internal: http://{host}:{}",
         args.serve.internal_http_port
     );
+    println!("  envoy admin: http://{}", args.envoy_admin_addr);
     println!(
         "  status:   sluice get ingress --admin-addr {}",
         args.serve.admin_addr
@@ -382,69 +385,5 @@ fn proxy_host(listen_address: &str) -> &str {
     match listen_address {
         "0.0.0.0" | "::" => "127.0.0.1",
         other => other,
-    }
-}
-
-async fn get_ingress(admin_addr: &str, output: Output) -> anyhow::Result<()> {
-    let endpoint = format!("http://{admin_addr}");
-    let mut client = api::admin_client::AdminClient::connect(endpoint)
-        .await
-        .with_context(|| format!("cannot reach sluice's admin API at {admin_addr}; is `sluice serve` running? (--admin-addr)"))?;
-    let response = client
-        .list_ingresses(api::ListIngressesRequest {})
-        .await
-        .with_context(|| format!("listing ingresses from {admin_addr} failed"))?;
-    let views: Vec<IngressView> = response
-        .into_inner()
-        .ingresses
-        .into_iter()
-        .map(IngressView::from)
-        .collect();
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(&views)?),
-        Output::Table => print_table(&views),
-    }
-    Ok(())
-}
-
-fn print_table(views: &[IngressView]) {
-    let rows: Vec<[String; 5]> = views
-        .iter()
-        .map(|view| {
-            let ready = view.condition("Ready");
-            [
-                view.kind.clone(),
-                if view.namespace.is_empty() {
-                    "-".to_owned()
-                } else {
-                    view.namespace.clone()
-                },
-                view.name.clone(),
-                ready.map(|c| c.status.clone()).unwrap_or_default(),
-                ready
-                    .map(|c| match (c.reason.as_str(), c.message.as_str()) {
-                        ("", "") => String::new(),
-                        (reason, "") => reason.to_owned(),
-                        (reason, message) => format!("{reason}: {message}"),
-                    })
-                    .unwrap_or_default(),
-            ]
-        })
-        .collect();
-    let header = ["KIND", "NAMESPACE", "NAME", "READY", "REASON"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
     }
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, ServerInfo};
 use crate::cluster::{ClusterError, ClusterOptions};
 use crate::engine::Engine;
 use crate::knative::IngressKey;
@@ -23,7 +23,7 @@ use crate::status::replicas::ReplicaReport;
 use crate::status::writer::{StatusSource, StatusWriter, Timing, WriterConfig, WriterError};
 use crate::status::{Envoys, LoadBalancers};
 use crate::translate::TranslateConfig;
-use crate::xds::{AdsService, ProxyRegistry};
+use crate::xds::{AdsService, CsdsService, ProxyRegistry};
 
 /// Where the objects come from.
 #[derive(Debug, Clone)]
@@ -41,13 +41,16 @@ pub struct KubernetesOptions {
     pub namespaces: Vec<String>,
     /// sluice's own namespace: its Lease and its replicas' reports.
     pub system_namespace: String,
-    pub replica: String,
     pub timing: Timing,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub source: SourceOptions,
+    /// This process's name among the replicas (its pod name in a cluster).
+    pub replica: String,
+    /// The admin address of an Envoy started beside sluice (`sluice up`), for the CLI.
+    pub envoy_admin_addr: Option<String>,
     pub xds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub ingress_class: String,
@@ -95,7 +98,7 @@ pub async fn serve(
         metrics.clone(),
     );
     let engine = Arc::new(Mutex::new(engine));
-    let registry = Arc::new(ProxyRegistry::default());
+    let registry = Arc::new(ProxyRegistry::new(options.replica.clone()));
     let xds_listener = bind(options.xds_addr, "xds").await?;
     let admin_listener = bind(options.admin_addr, "admin").await?;
 
@@ -122,7 +125,7 @@ pub async fn serve(
                 client,
                 WriterConfig {
                     namespace: kubernetes.system_namespace.clone(),
-                    replica: kubernetes.replica.clone(),
+                    replica: options.replica.clone(),
                     lease_name: "sluice-leader".to_owned(),
                     timing: kubernetes.timing,
                 },
@@ -139,10 +142,12 @@ pub async fn serve(
         .map(|writer| writer.others.clone())
         .unwrap_or_default();
 
+    let csds = CsdsService::new(registry.clone(), feed.clone());
     let ads = AdsService::new(feed, registry.clone(), metrics.clone());
     let xds = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(ads)
+        .add_service(csds)
         .serve_with_incoming(TcpListenerStream::new(xds_listener));
     let admin = axum::serve(
         admin_listener,
@@ -151,6 +156,11 @@ pub async fn serve(
             registry: registry.clone(),
             metrics,
             others,
+            server: ServerInfo {
+                xds_addr: options.xds_addr,
+                listeners: options.translate.clone(),
+                envoy_admin_addr: options.envoy_admin_addr.clone(),
+            },
         }),
     );
     tracing::info!(source = %described, xds = %options.xds_addr, admin = %options.admin_addr, "sluice serving");
@@ -245,11 +255,5 @@ pub fn default_replica() -> String {
     std::env::var("POD_NAME")
         .ok()
         .filter(|name| !name.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|name| name.trim().to_owned())
-        })
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "sluice".to_owned())
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
 }

@@ -8,11 +8,12 @@
 pub mod replicas;
 pub mod writer;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::knative::{self, IngressKey};
+use crate::knative::{self, IngressKey, Visibility};
 use crate::translate::{ListenerKind, Translator};
 use crate::world::{IngressEntry, IngressProblem};
 use crate::xds::{Group, Proxy};
@@ -49,12 +50,27 @@ pub struct IngressStatus {
 
 /// One ingress as `sluice get ingress` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct IngressView {
     pub namespace: String,
     pub name: String,
     pub kind: String,
     pub owned: bool,
+    /// The hosts of each rule and who may reach them.
+    #[serde(default)]
+    pub rules: Vec<RuleView>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
     pub status: IngressStatus,
+}
+
+/// One rule of an ingress: its hosts and its visibility.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub hosts: Vec<String>,
+    pub visibility: Visibility,
 }
 
 impl IngressView {
@@ -430,11 +446,24 @@ pub fn view(
             domain_internal: name.to_owned(),
         }]
     };
+    let rules = entry
+        .latest
+        .spec
+        .rules
+        .iter()
+        .map(|rule| RuleView {
+            hosts: rule.hosts.clone(),
+            visibility: rule.visibility.unwrap_or_default(),
+        })
+        .collect();
     IngressView {
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         kind: key.kind.as_str().to_owned(),
         owned,
+        rules,
+        labels: entry.latest.metadata.labels.clone(),
+        creation_timestamp: entry.latest.metadata.creation_timestamp.clone(),
         status: IngressStatus {
             conditions,
             // Knative's clients dial every ingress through its public load balancer, so it is

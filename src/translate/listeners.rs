@@ -47,7 +47,7 @@ pub fn listener_name(kind: ListenerKind) -> &'static str {
     }
 }
 
-fn port(config: &TranslateConfig, kind: ListenerKind) -> u16 {
+pub(crate) fn port(config: &TranslateConfig, kind: ListenerKind) -> u16 {
     match kind {
         ListenerKind::External => config.http_port,
         ListenerKind::Internal => config.internal_http_port,

@@ -37,6 +37,13 @@ pub struct TranslateConfig {
     pub internal_https_port: u16,
 }
 
+impl TranslateConfig {
+    /// The name of the listener of `kind` and the port it binds.
+    pub fn listener(&self, kind: ListenerKind) -> (&'static str, u16) {
+        (listeners::listener_name(kind), listeners::port(self, kind))
+    }
+}
+
 pub(crate) fn pack<M: Message + Name>(message: &M) -> Any {
     Any {
         type_url: M::type_url(),

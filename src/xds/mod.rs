@@ -1,12 +1,16 @@
 //! The xDS side: encoded resources, the snapshot per group of Envoys, and the ADS server.
 //! It knows Envoy, not Knative.
 
+mod csds;
 mod decode;
 mod resource;
 mod server;
 mod stream;
 
+pub use csds::{CsdsService, Served, served_to, served_to_group};
 pub use decode::to_json;
 pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, SetDigest, Snapshot, TypeUrl};
 pub use server::{AdsService, Proxy, ProxyRegistry, ProxyView, SnapshotFeed};
-pub use stream::{Mode, Nack, RequestOutcome, Response, StreamState, TypeStatus};
+pub use stream::{
+    Mode, Nack, RequestOutcome, Response, SentResource, StreamState, SyncStatus, TypeStatus,
+};

@@ -51,21 +51,27 @@ impl Proxy {
 pub struct ProxyRegistry {
     proxies: Mutex<BTreeMap<u64, Arc<Proxy>>>,
     next_id: AtomicU64,
+    replica_id: String,
     /// Bumped whenever an Envoy connects, disconnects, ACKs or NACKs.
     changes: watch::Sender<()>,
 }
 
-impl Default for ProxyRegistry {
-    fn default() -> Self {
+impl ProxyRegistry {
+    /// A registry for the control-plane replica `replica_id` (a pod name in a cluster), so that
+    /// whoever lists the proxies can tell which replica each Envoy is connected to.
+    pub fn new(replica_id: impl Into<String>) -> ProxyRegistry {
         ProxyRegistry {
             proxies: Mutex::default(),
             next_id: AtomicU64::default(),
+            replica_id: replica_id.into(),
             changes: watch::channel(()).0,
         }
     }
-}
 
-impl ProxyRegistry {
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
     pub fn proxies(&self) -> Vec<Arc<Proxy>> {
         self.lock().values().cloned().collect()
     }

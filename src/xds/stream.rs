@@ -147,6 +147,34 @@ pub struct TypeStatus {
     pub acked_resources: usize,
     pub pending: bool,
     pub last_nack: Option<Nack>,
+    pub sync: SyncStatus,
+}
+
+/// Where a type, or one resource, stands with the client, as `istioctl proxy-status` and
+/// CSDS's `ConfigStatus` put it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SyncStatus {
+    /// What was sent is ACKed.
+    Synced,
+    /// A response was sent and is not ACKed or NACKed yet.
+    Stale,
+    /// The client rejected it: for a type, its last response; for a resource, the version
+    /// sent (it is not sent again).
+    Nacked,
+    /// Nothing of this type was sent on this stream.
+    NotSent,
+}
+
+/// One resource as this stream sent it.
+#[derive(Debug, Clone)]
+pub struct SentResource {
+    pub name: String,
+    pub version: String,
+    /// `None` when the client reported the resource on reconnecting (delta) and this stream
+    /// never sent it.
+    pub resource: Option<Arc<Resource>>,
+    pub sync: SyncStatus,
 }
 
 #[derive(Debug)]
@@ -581,8 +609,43 @@ impl StreamState {
                         acked_resources: state.acked.len(),
                         pending: state.in_flight.is_some(),
                         last_nack: state.last_nack.clone(),
+                        sync: type_sync(state),
                     },
                 )
+            })
+            .collect()
+    }
+
+    /// What this stream sent of `type_url` (the latest version of each resource, accepted or
+    /// not), and where each resource stands.
+    pub fn sent(&self, type_url: TypeUrl) -> Vec<SentResource> {
+        let Some(state) = self.types.get(&type_url) else {
+            return Vec::new();
+        };
+        state
+            .sent
+            .iter()
+            .map(|(name, held)| {
+                let in_flight = state
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.changes.contains_key(name));
+                let acked = state
+                    .acked
+                    .get(name)
+                    .is_some_and(|a| a.version == held.version);
+                let sync = match (in_flight, acked) {
+                    (true, _) => SyncStatus::Stale,
+                    (false, true) => SyncStatus::Synced,
+                    // Settled but not accepted: the client rejected this version.
+                    (false, false) => SyncStatus::Nacked,
+                };
+                SentResource {
+                    name: name.clone(),
+                    version: held.version.clone(),
+                    resource: held.resource.clone(),
+                    sync,
+                }
             })
             .collect()
     }
@@ -591,6 +654,24 @@ impl StreamState {
     pub fn acked_version(&self, type_url: TypeUrl, name: &str) -> Option<&str> {
         let held = self.types.get(&type_url)?.acked.get(name)?;
         Some(&held.version)
+    }
+}
+
+/// A type is NACKED while its last response is the rejected one: any later response changes
+/// the last nonce, and is then either in flight, ACKed or itself the last NACK.
+fn type_sync(state: &TypeState) -> SyncStatus {
+    if state.in_flight.is_some() {
+        SyncStatus::Stale
+    } else if state
+        .last_nack
+        .as_ref()
+        .is_some_and(|nack| nack.nonce == state.last_nonce)
+    {
+        SyncStatus::Nacked
+    } else if state.last_nonce.is_empty() {
+        SyncStatus::NotSent
+    } else {
+        SyncStatus::Synced
     }
 }
 
@@ -784,6 +865,48 @@ mod tests {
             TypeUrl::Listener,
         );
         assert_eq!(short(&sotw_responses(stream.poll(&fixed))), [("LDS", 1)]);
+    }
+
+    #[test]
+    fn sync_status_follows_the_last_response_of_each_type() {
+        let snapshot = base();
+        let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
+        stream.on_sotw_request(&sotw(TypeUrl::Listener, &[], "", ""));
+        assert_eq!(
+            stream.status()[&TypeUrl::Listener].sync,
+            SyncStatus::NotSent
+        );
+        let sent = sotw_responses(stream.poll(&snapshot));
+        assert_eq!(stream.status()[&TypeUrl::Listener].sync, SyncStatus::Stale);
+        assert_eq!(stream.sent(TypeUrl::Listener)[0].sync, SyncStatus::Stale);
+        let nack = DiscoveryRequest {
+            error_detail: Some(Status {
+                code: 3,
+                message: "bad listener".into(),
+                details: vec![],
+            }),
+            ..sotw(TypeUrl::Listener, &[], "", &sent[0].nonce)
+        };
+        stream.on_sotw_request(&nack);
+        assert_eq!(stream.status()[&TypeUrl::Listener].sync, SyncStatus::Nacked);
+        let rejected = &stream.sent(TypeUrl::Listener)[0];
+        assert_eq!(
+            (rejected.name.as_str(), rejected.sync),
+            ("l", SyncStatus::Nacked)
+        );
+
+        let mut fixed = snapshot.clone();
+        put(
+            &mut fixed,
+            resource(TypeUrl::Listener, "l", 2, &[]),
+            TypeUrl::Listener,
+        );
+        let resent = sotw_responses(stream.poll(&fixed));
+        ack(&mut stream, &resent[0], &[]);
+        let status = &stream.status()[&TypeUrl::Listener];
+        assert_eq!(status.sync, SyncStatus::Synced, "the NACK is history");
+        assert!(status.last_nack.is_some());
+        assert_eq!(stream.sent(TypeUrl::Listener)[0].sync, SyncStatus::Synced);
     }
 
     #[test]

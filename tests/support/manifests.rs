@@ -325,6 +325,7 @@ pub struct Ingress {
     /// `None` leaves the class annotation out.
     pub class: Option<String>,
     pub annotations: Vec<(String, String)>,
+    pub labels: Vec<(String, String)>,
     pub creation_timestamp: Option<String>,
     pub generation: Option<i64>,
     pub rules: Vec<Rule>,
@@ -341,6 +342,7 @@ impl Ingress {
             name: name.to_string(),
             class: Some(INGRESS_CLASS.to_string()),
             annotations: Vec::new(),
+            labels: Vec::new(),
             creation_timestamp: None,
             generation: None,
             rules: Vec::new(),
@@ -365,6 +367,11 @@ impl Ingress {
 
     pub fn annotation(mut self, key: &str, value: &str) -> Ingress {
         self.annotations.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Ingress {
+        self.labels.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -415,6 +422,14 @@ impl Ingress {
         }
         if !annotations.is_empty() {
             metadata.insert("annotations".into(), Value::Object(annotations));
+        }
+        if !self.labels.is_empty() {
+            let labels: Map<String, Value> = self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            metadata.insert("labels".into(), Value::Object(labels));
         }
         if let Some(ts) = &self.creation_timestamp {
             metadata.insert("creationTimestamp".into(), json!(ts));

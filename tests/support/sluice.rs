@@ -241,14 +241,14 @@ impl Sluice {
         run_sluice(&args)
     }
 
-    /// `sluice get ingress --admin-addr <admin> -o json`, parsed: an array of
+    /// `sluice get ingress -A --admin-addr <admin> -o json`, parsed: an array of
     /// `{namespace, name, kind, status: {conditions: [...]}}`.
     pub async fn ingresses(&self) -> serde_json::Value {
         let admin = self.admin_addr().to_string();
         let output = tokio::time::timeout(
             Duration::from_secs(30),
             tokio::process::Command::new(sluice_binary())
-                .args(["get", "ingress", "--admin-addr", &admin, "-o", "json"])
+                .args(["get", "ingress", "-A", "--admin-addr", &admin, "-o", "json"])
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .output(),
@@ -324,6 +324,45 @@ impl Drop for Sluice {
                 self.log_tail(60)
             );
         }
+    }
+}
+
+/// What a one-shot `sluice` command did.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// stdout as JSON; panics with both streams if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs `sluice <args>` to completion (at most 30 s, else it is killed and this panics) and
+/// returns what it did, success or not.
+pub async fn run_cli(args: &[&str]) -> CliOutput {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(sluice_binary())
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("`sluice {}` did not finish within 30s", args.join(" ")))
+    .unwrap_or_else(|e| panic!("run `sluice {}`: {e}", args.join(" ")));
+    CliOutput {
+        success: output.status.success(),
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 
