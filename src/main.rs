@@ -9,8 +9,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice::bootstrap::{self, BootstrapConfig};
-use sluice::cluster::ClusterOptions;
-use sluice::install;
 use sluice::runtime::{self, KubernetesOptions, ServeOptions, SourceOptions};
 use sluice::status::LoadBalancers;
 use sluice::status::writer::Timing;
@@ -60,26 +58,10 @@ enum Command {
     /// Install sluice's pieces into a cluster with server-side apply, or print them.
     Install {
         #[command(subcommand)]
-        what: InstallCommand,
+        what: cli::install::InstallCommand,
     },
     /// Print the version.
     Version,
-}
-
-#[derive(Subcommand)]
-enum InstallCommand {
-    /// The Knative `Ingress` and legacy `ClusterIngress` CRDs, for clusters without Knative
-    /// Serving.
-    Crds(InstallArgs),
-}
-
-#[derive(Args)]
-struct InstallArgs {
-    /// Print the manifests instead of applying them.
-    #[arg(long)]
-    dry_run: bool,
-    #[command(flatten)]
-    cluster: ClusterArgs,
 }
 
 #[derive(Args, Clone)]
@@ -91,7 +73,7 @@ struct ServeArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     #[command(flatten)]
-    cluster: ClusterArgs,
+    cluster: cli::ClusterArgs,
     /// Kubernetes mode: watch only this namespace (repeatable); all namespaces by default.
     #[arg(long = "namespace", value_name = "NS")]
     namespaces: Vec<String>,
@@ -141,26 +123,6 @@ struct ServeArgs {
     /// Only ingresses whose class annotation names this are served.
     #[arg(long, default_value = DEFAULT_CLASS)]
     ingress_class: String,
-}
-
-/// How to reach a cluster, as kubectl spells it.
-#[derive(Args, Clone, Default)]
-struct ClusterArgs {
-    /// The kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config).
-    #[arg(long, global = true)]
-    kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use.
-    #[arg(long, global = true)]
-    context: Option<String>,
-}
-
-impl ClusterArgs {
-    fn options(&self) -> ClusterOptions {
-        ClusterOptions {
-            kubeconfig: self.kubeconfig.clone(),
-            context: self.context.clone(),
-        }
-    }
 }
 
 impl ServeArgs {
@@ -265,19 +227,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Check(args) => cli::check::run(args).await,
         Command::Curl(args) => cli::curl::run(args).await,
         Command::Completion(args) => cli::completion::run(args, Cli::command()),
-        Command::Install {
-            what: InstallCommand::Crds(args),
-        } => {
-            let crds = install::crds();
-            if args.dry_run {
-                print!("{}", install::to_yaml(&crds));
-                return Ok(());
-            }
-            let client = args.cluster.options().client().await?;
-            install::apply(&client, &crds).await?;
-            println!("applied {} CRDs", crds.len());
-            Ok(())
-        }
+        Command::Install { what } => cli::install::run(what).await,
         Command::Version => {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
             Ok(())

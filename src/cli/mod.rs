@@ -7,6 +7,7 @@ pub mod check;
 pub mod completion;
 pub mod curl;
 pub mod get;
+pub mod install;
 pub mod proxy;
 
 mod http;
@@ -14,11 +15,38 @@ mod local;
 mod model;
 mod output;
 
+use std::path::PathBuf;
+
 use clap::Args;
 
+use sluice::cluster::ClusterOptions;
 use sluice::status::IngressView;
 
 pub use model::{Envoy, Health, Proxy, ServedConfig, ServedTarget};
+
+/// How to reach a cluster, as kubectl spells it.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClusterArgs {
+    /// The kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+impl ClusterArgs {
+    pub fn options(&self) -> ClusterOptions {
+        ClusterOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        Ok(self.options().client().await?)
+    }
+}
 
 /// Where the control plane is.
 #[derive(Debug, Clone, Args)]

@@ -1,5 +1,8 @@
 //! What `sluice install` puts in a cluster: the Knative ingress CRDs, generated from sluice's
-//! own types; printed as YAML, or applied with server-side apply.
+//! own types, and sluice itself beside its Envoys ([`knative`]); printed as YAML, or applied
+//! with server-side apply.
+
+pub mod knative;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -28,6 +31,75 @@ pub enum InstallError {
         name: String,
         source: kube::Error,
     },
+    #[error("reading Deployment {namespace}/{name} failed: {source}")]
+    Read {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "not available after {seconds} s: {}; see `kubectl -n {namespace} describe deployment` \
+         and the pods' events (image pulls, scheduling, probes)",
+        .missing.join("; ")
+    )]
+    NotAvailable {
+        namespace: String,
+        seconds: u64,
+        missing: Vec<String>,
+    },
+}
+
+/// Waits until every Deployment named has as many available replicas as it asks for.
+pub async fn wait_available(
+    client: &Client,
+    namespace: &str,
+    deployments: &[&str],
+    timeout: std::time::Duration,
+) -> Result<(), InstallError> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut missing = Vec::new();
+        for name in deployments {
+            let deployment = api.get(name).await.map_err(|source| InstallError::Read {
+                namespace: namespace.to_owned(),
+                name: (*name).to_owned(),
+                source,
+            })?;
+            let wanted = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
+            let available = deployment
+                .status
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            if available < wanted {
+                missing.push(format!(
+                    "{name}: {available} of {wanted} replicas available"
+                ));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(InstallError::NotAvailable {
+                namespace: namespace.to_owned(),
+                seconds: timeout.as_secs(),
+                missing,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether the cluster has a namespace.
+pub async fn has_namespace(client: &Client, name: &str) -> Result<bool, InstallError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    Api::<Namespace>::all(client.clone())
+        .get_opt(name)
+        .await
+        .map(|found| found.is_some())
+        .map_err(InstallError::Discovery)
 }
 
 /// Objects as one YAML stream, `---` between documents.

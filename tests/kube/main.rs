@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod install;
 mod kit;
 mod replicas;
 mod restart;
@@ -98,6 +99,11 @@ fn trials() -> Vec<Trial> {
         restart::api_server,
     ));
     trials.extend(in_both("replicas::leader_hand_over", replicas::hand_over));
+    trials.extend(in_both(
+        "install::least_privilege_rbac",
+        install::least_privilege,
+    ));
+    trials.push(trial("install::install_knative", install::install_knative));
     trials
 }
 

@@ -184,10 +184,11 @@ impl Cluster {
         );
         *self.apiserver.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
         let client = self.client().await;
+        // `/readyz` passes once every post-start hook ran, the default RBAC roles included.
         let ready = poll_until(START_TIMEOUT, async || {
-            client.apiserver_version().await.ok()?;
-            let _: Namespace = Api::all(client.clone()).get("default").await.ok()?;
-            Some(())
+            let request = hyper::Request::get("/readyz").body(Vec::new()).ok()?;
+            let answer = client.request_text(request).await.ok()?;
+            (answer.trim() == "ok").then_some(())
         })
         .await;
         if ready.is_none() {
@@ -298,6 +299,15 @@ impl Applier {
             .await
             .unwrap_or_else(|e| panic!("apply {object}: {e}"));
         }
+    }
+
+    /// Whether the object exists in the API server.
+    pub async fn exists(&self, object: &serde_json::Value) -> bool {
+        let (api, name) = self.api(object);
+        api.get_opt(&name)
+            .await
+            .unwrap_or_else(|e| panic!("get {object}: {e}"))
+            .is_some()
     }
 
     /// Deletes each object (which must exist).

@@ -1,0 +1,149 @@
+//! `sluice install crds|knative`: print the manifests (`--dry-run`), or apply them to the
+//! cluster with server-side apply.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use sluice::install::{self, knative};
+
+use super::ClusterArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum InstallCommand {
+    /// The Knative `Ingress` and legacy `ClusterIngress` CRDs, for clusters without Knative
+    /// Serving.
+    Crds(CrdArgs),
+    /// sluice beside its two Envoy proxies in a Knative cluster: the namespace, sluice's
+    /// Deployment (2 replicas) and Service, the Deployments, Services and bootstraps of
+    /// knative-external-proxy and knative-internal-proxy, least-privilege RBAC, and Knative
+    /// Serving's config-network selecting sluice's ingress class. Without --dry-run it applies
+    /// them and waits until the Deployments are available.
+    Knative(KnativeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Print the manifests instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KnativeArgs {
+    /// Print the manifests instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: write one file per part, and a kustomization.yaml, into this directory
+    /// instead of printing.
+    #[arg(long, value_name = "DIR", requires = "dry_run")]
+    output_dir: Option<PathBuf>,
+    /// The namespace of sluice and its proxies.
+    #[arg(long, short = 'n', default_value = "gloo-system")]
+    namespace: String,
+    /// sluice's container image (build it with the repository's Dockerfile).
+    #[arg(long)]
+    image: Option<String>,
+    /// How long to wait for the Deployments to become available.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    timeout: u64,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+pub async fn run(command: InstallCommand) -> anyhow::Result<()> {
+    match command {
+        InstallCommand::Crds(args) => {
+            let crds = install::crds();
+            if args.dry_run {
+                print!("{}", install::to_yaml(&crds));
+                return Ok(());
+            }
+            let client = args.cluster.client().await?;
+            install::apply(&client, &crds).await?;
+            println!("applied {} CRDs", crds.len());
+            Ok(())
+        }
+        InstallCommand::Knative(args) => knative(args).await,
+    }
+}
+
+async fn knative(args: KnativeArgs) -> anyhow::Result<()> {
+    let mut options = knative::KnativeInstall {
+        namespace: args.namespace.clone(),
+        ..knative::KnativeInstall::default()
+    };
+    if let Some(image) = args.image {
+        options.image = image;
+    }
+    let parts = knative::manifests(&options);
+    if args.dry_run {
+        match args.output_dir {
+            Some(dir) => write_parts(&dir, &parts)?,
+            None => {
+                let all: Vec<_> = parts.into_iter().flat_map(|(_, objects)| objects).collect();
+                print!("{}", install::to_yaml(&all));
+            }
+        }
+        return Ok(());
+    }
+    let client = args.cluster.client().await?;
+    let has_serving = install::has_namespace(&client, "knative-serving").await?;
+    let mut objects = Vec::new();
+    for (_, part) in parts {
+        for object in part {
+            if knative::is_serving_config(&object) && !has_serving {
+                eprintln!(
+                    "note: namespace knative-serving does not exist, so Knative Serving's \
+                     config-network was not set; once Serving is installed, set its \
+                     ingress-class to {}",
+                    knative::INGRESS_CLASS
+                );
+                continue;
+            }
+            objects.push(object);
+        }
+    }
+    install::apply(&client, &objects).await?;
+    println!(
+        "applied {} objects in namespace {}",
+        objects.len(),
+        args.namespace
+    );
+    let deployments = ["sluice", knative::EXTERNAL_PROXY, knative::INTERNAL_PROXY];
+    println!(
+        "waiting for the Deployments {} to be available",
+        deployments.join(", ")
+    );
+    install::wait_available(
+        &client,
+        &args.namespace,
+        &deployments,
+        Duration::from_secs(args.timeout),
+    )
+    .await?;
+    println!("sluice is installed");
+    Ok(())
+}
+
+/// One YAML file per part, and a kustomization listing them in order.
+fn write_parts(dir: &Path, parts: &[(&str, Vec<serde_json::Value>)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut kustomization = String::from(
+        "# Made by `sluice install knative --dry-run --output-dir`; edit the flags, not the files.\n\
+         apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n",
+    );
+    for (file, objects) in parts {
+        let path = dir.join(file);
+        std::fs::write(&path, install::to_yaml(objects))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        kustomization.push_str(&format!("- {file}\n"));
+    }
+    let path = dir.join("kustomization.yaml");
+    std::fs::write(&path, kustomization)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

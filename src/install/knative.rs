@@ -1,0 +1,298 @@
+//! sluice in a Knative cluster, as Gloo ran it: namespace `gloo-system`, two sluice replicas and
+//! the two Envoy deployments `knative-external-proxy` and `knative-internal-proxy`, the
+//! least-privilege RBAC sluice needs, and Knative Serving's `config-network` pointing at sluice.
+//! `deploy/knative/` holds this output for the defaults.
+
+use serde_json::{Value, json};
+
+use crate::bootstrap::{self, BootstrapConfig};
+
+/// The ingress class Knative Serving is told to use.
+pub const INGRESS_CLASS: &str = "sluice.ingress.networking.knative.dev";
+pub const EXTERNAL_PROXY: &str = "knative-external-proxy";
+pub const INTERNAL_PROXY: &str = "knative-internal-proxy";
+const XDS_PORT: u16 = 9977;
+const ADMIN_PORT: u16 = 9091;
+/// The Envoy listeners' ports: each proxy gets only its own listeners, so both use these.
+const HTTP_PORT: u16 = 8080;
+const HTTPS_PORT: u16 = 8443;
+const ENVOY_IMAGE: &str = "envoyproxy/envoy:v1.40.0";
+/// Knative Serving's namespace, where its `config-network` lives.
+const SERVING_NAMESPACE: &str = "knative-serving";
+
+/// Where and with what image to install.
+#[derive(Debug, Clone)]
+pub struct KnativeInstall {
+    pub namespace: String,
+    pub image: String,
+}
+
+impl Default for KnativeInstall {
+    fn default() -> Self {
+        KnativeInstall {
+            namespace: "gloo-system".to_owned(),
+            image: format!("ghcr.io/sluice-dev/sluice:{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// The manifests, grouped by the file of `deploy/knative/` each goes in.
+pub fn manifests(install: &KnativeInstall) -> Vec<(&'static str, Vec<Value>)> {
+    vec![
+        ("namespace.yaml", vec![namespace(install)]),
+        ("rbac.yaml", rbac(install)),
+        ("sluice.yaml", sluice(install)),
+        (
+            "knative-external-proxy.yaml",
+            proxy(install, EXTERNAL_PROXY, "LoadBalancer"),
+        ),
+        (
+            "knative-internal-proxy.yaml",
+            proxy(install, INTERNAL_PROXY, "ClusterIP"),
+        ),
+        ("config-network.yaml", vec![config_network()]),
+    ]
+}
+
+/// Whether an object is Knative Serving's `config-network`, which only a cluster running
+/// Knative Serving has a namespace for.
+pub fn is_serving_config(object: &Value) -> bool {
+    object["metadata"]["namespace"] == SERVING_NAMESPACE
+}
+
+fn labels(component: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/part-of": "sluice",
+    })
+}
+
+fn namespace(install: &KnativeInstall) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": install.namespace, "labels": {"app.kubernetes.io/part-of": "sluice"}},
+    })
+}
+
+/// Read what is served, write only ingress status; Leases and the replicas' reports only in
+/// sluice's own namespace.
+fn rbac(install: &KnativeInstall) -> Vec<Value> {
+    let ns = &install.namespace;
+    let name = format!("sluice-{ns}");
+    let read = json!(["get", "list", "watch"]);
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "sluice", "namespace": ns, "labels": labels("sluice")},
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name, "labels": labels("sluice")},
+            "rules": [
+                {
+                    "apiGroups": ["networking.internal.knative.dev"],
+                    "resources": ["ingresses", "clusteringresses"],
+                    "verbs": read,
+                },
+                {
+                    "apiGroups": ["networking.internal.knative.dev"],
+                    "resources": ["ingresses/status", "clusteringresses/status"],
+                    "verbs": ["patch", "update"],
+                },
+                {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": read},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name, "labels": labels("sluice")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": "sluice", "namespace": ns}],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "sluice", "namespace": ns, "labels": labels("sluice")},
+            "rules": [
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                },
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "sluice", "namespace": ns, "labels": labels("sluice")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sluice"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sluice", "namespace": ns}],
+        }),
+    ]
+}
+
+/// A container that runs as nobody, on a read-only root, with no privileges to gain.
+fn locked_down() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+fn field_env(name: &str, path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+}
+
+fn sluice(install: &KnativeInstall) -> Vec<Value> {
+    let ns = &install.namespace;
+    let probe =
+        |path: &str| json!({"httpGet": {"path": path, "port": "admin"}, "periodSeconds": 5});
+    vec![
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "sluice", "namespace": ns, "labels": labels("sluice")},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels("sluice")},
+                "template": {
+                    "metadata": {"labels": labels("sluice")},
+                    "spec": {
+                        "serviceAccountName": "sluice",
+                        "containers": [{
+                            "name": "sluice",
+                            "image": install.image,
+                            "args": [
+                                "serve",
+                                "--xds-addr", format!("0.0.0.0:{XDS_PORT}"),
+                                "--admin-addr", format!("0.0.0.0:{ADMIN_PORT}"),
+                                "--http-port", HTTP_PORT.to_string(),
+                                "--https-port", HTTPS_PORT.to_string(),
+                                "--internal-http-port", HTTP_PORT.to_string(),
+                                "--internal-https-port", HTTPS_PORT.to_string(),
+                            ],
+                            "env": [
+                                field_env("POD_NAME", "metadata.name"),
+                                field_env("POD_NAMESPACE", "metadata.namespace"),
+                            ],
+                            "ports": [
+                                {"name": "xds", "containerPort": XDS_PORT},
+                                {"name": "admin", "containerPort": ADMIN_PORT},
+                            ],
+                            "livenessProbe": probe("/healthz"),
+                            "readinessProbe": probe("/readyz"),
+                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                            "securityContext": locked_down(),
+                        }],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "sluice", "namespace": ns, "labels": labels("sluice")},
+            "spec": {
+                "selector": labels("sluice"),
+                "ports": [
+                    {"name": "grpc-xds", "port": XDS_PORT, "targetPort": "xds", "appProtocol": "grpc"},
+                    {"name": "http-admin", "port": ADMIN_PORT, "targetPort": "admin"},
+                ],
+            },
+        }),
+    ]
+}
+
+/// One proxy: its bootstrap (made by `sluice bootstrap`), its Envoy Deployment and its Service.
+fn proxy(install: &KnativeInstall, name: &str, service_type: &str) -> Vec<Value> {
+    let ns = &install.namespace;
+    let bootstrap = bootstrap::render(&BootstrapConfig {
+        xds_addr: format!("sluice.{ns}.svc.cluster.local:{XDS_PORT}"),
+        node_id: name.to_owned(),
+        role: Some(format!("{ns}~{name}")),
+        admin_addr: "127.0.0.1:19000".to_owned(),
+        delta: true,
+    })
+    .expect("the install's addresses are HOST:PORT");
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": format!("{name}-bootstrap"), "namespace": ns, "labels": labels(name)},
+            "data": {"envoy.yaml": bootstrap},
+        }),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "labels": labels(name)},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels(name)},
+                "template": {
+                    "metadata": {"labels": labels(name)},
+                    "spec": {
+                        "containers": [{
+                            "name": "envoy",
+                            "image": ENVOY_IMAGE,
+                            "command": ["envoy"],
+                            // Each pod is its own node, by name; the role in the bootstrap picks
+                            // its listeners.
+                            "args": [
+                                "-c", "/etc/envoy/envoy.yaml",
+                                "--service-node", "$(POD_NAME)",
+                                "--disable-hot-restart",
+                                "--log-level", "info",
+                            ],
+                            "env": [field_env("POD_NAME", "metadata.name")],
+                            "ports": [
+                                {"name": "http", "containerPort": HTTP_PORT},
+                                {"name": "https", "containerPort": HTTPS_PORT},
+                            ],
+                            // The listeners come from sluice: the pod is ready once they do.
+                            "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 2},
+                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                            "securityContext": locked_down(),
+                            "volumeMounts": [{"name": "bootstrap", "mountPath": "/etc/envoy", "readOnly": true}],
+                        }],
+                        "volumes": [{"name": "bootstrap", "configMap": {"name": format!("{name}-bootstrap")}}],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": labels(name)},
+            "spec": {
+                "type": service_type,
+                "selector": labels(name),
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": HTTP_PORT},
+                    {"name": "https", "port": 443, "targetPort": HTTPS_PORT},
+                ],
+            },
+        }),
+    ]
+}
+
+fn config_network() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "config-network", "namespace": SERVING_NAMESPACE},
+        "data": {"ingress-class": INGRESS_CLASS},
+    })
+}

@@ -1,0 +1,166 @@
+//! `sluice install knative` against the API server, and sluice running with exactly the RBAC it
+//! installs: a ServiceAccount token, not an administrator.
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use sluice::install::knative::{KnativeInstall, manifests};
+use sluice::knative::IngressResource;
+
+use crate::kit::{self, Scene};
+use crate::support::cluster::{Cluster, client_from};
+use crate::support::{Stack, StackOptions, sluice::sluice_binary};
+
+/// Runs `sluice <args>` to completion; returns (success, stdout + stderr).
+fn run(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(sluice_binary())
+        .args(args)
+        .output()
+        .expect("run sluice");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+pub async fn install_knative(cluster: &'static Cluster) {
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let namespace = "sluice-installed";
+    let install = |timeout: &'static str| {
+        let kubeconfig = kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            run(&[
+                "install",
+                "knative",
+                "--kubeconfig",
+                &kubeconfig,
+                "--namespace",
+                namespace,
+                "--image",
+                "sluice:test",
+                "--timeout",
+                timeout,
+            ])
+        })
+    };
+    // No controller-manager runs here, so the Deployments never become available: the command
+    // applies everything, then says which Deployments are missing.
+    let (ok, output) = install("2").await.unwrap();
+    assert!(
+        !ok,
+        "install succeeded without available Deployments: {output}"
+    );
+    for deployment in ["sluice", "knative-external-proxy", "knative-internal-proxy"] {
+        assert!(
+            output.contains(&format!("{deployment}: 0 of")),
+            "the failure does not name {deployment}: {output}"
+        );
+    }
+    assert!(output.contains("config-network was not set"), "{output}");
+
+    let applier = crate::support::cluster::Applier::new(cluster.client().await).await;
+    let expected = manifests(&KnativeInstall {
+        namespace: namespace.to_owned(),
+        image: "sluice:test".to_owned(),
+    });
+    for object in expected.iter().flat_map(|(_, objects)| objects) {
+        if object["metadata"]["namespace"] == "knative-serving" {
+            continue;
+        }
+        assert!(
+            applier.exists(object).await,
+            "{} {} was not applied",
+            object["kind"],
+            object["metadata"]["name"]
+        );
+    }
+
+    // With Knative Serving's namespace, its config-network selects sluice; applying again is
+    // harmless.
+    applier
+        .apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "knative-serving"}})])
+        .await;
+    let (ok, output) = install("1").await.unwrap();
+    assert!(!ok, "{output}");
+    let network: Api<ConfigMap> = Api::namespaced(cluster.client().await, "knative-serving");
+    let network = network.get("config-network").await.expect("config-network");
+    assert_eq!(
+        network.data.unwrap()["ingress-class"],
+        "sluice.ingress.networking.knative.dev"
+    );
+}
+
+/// A token of ServiceAccount `namespace/sluice`.
+async fn service_account_token(scene: &Scene) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(scene.applier.client().clone(), &scene.ns);
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    accounts
+        .create_token_request("sluice", &PostParams::default(), &request)
+        .await
+        .expect("a token for the sluice ServiceAccount")
+        .status
+        .expect("a token request status")
+        .token
+}
+
+pub async fn least_privilege(cluster: &'static Cluster, delta: bool) {
+    let scene = Scene::new(cluster, "rbac").await;
+    let rbac = manifests(&KnativeInstall {
+        namespace: scene.ns.clone(),
+        ..KnativeInstall::default()
+    })
+    .into_iter()
+    .find(|(file, _)| *file == "rbac.yaml")
+    .expect("the RBAC part")
+    .1;
+    scene.apply(&rbac).await;
+    let token = service_account_token(&scene).await;
+    let kubeconfig = cluster.kubeconfig_for(&scene.ns, &token);
+
+    let backend = kit::backend("backend");
+    scene.apply(&scene.service("backend", backend.addr())).await;
+    scene
+        .apply(&[scene.ingress("web", "web.example.com", "backend")])
+        .await;
+    let stack = Stack::start_on(
+        scene.sluice_as(&kubeconfig, &[]),
+        StackOptions {
+            delta,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    stack
+        .get_until(
+            stack.http_addr(),
+            "web.example.com",
+            "/",
+            kit::CONVERGE,
+            |r| r.status == 200,
+        )
+        .await;
+    scene.wait_ready("web").await;
+
+    // The same token may not change an ingress's spec, nor read ConfigMaps elsewhere.
+    let as_sluice = client_from(&kubeconfig).await;
+    let ingresses: Api<IngressResource> = Api::namespaced(as_sluice.clone(), &scene.ns);
+    let spec_patch = Patch::Merge(json!({"metadata": {"labels": {"tampered": "yes"}}}));
+    let refused = ingresses
+        .patch("web", &PatchParams::default(), &spec_patch)
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(status)) if status.code == 403),
+        "sluice's token may patch an ingress: {refused:?}"
+    );
+    let elsewhere: Api<ConfigMap> = Api::namespaced(as_sluice, "default");
+    let refused = elsewhere.list(&Default::default()).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(status)) if status.code == 403),
+        "sluice's token may list ConfigMaps outside its namespace: {refused:?}"
+    );
+}
