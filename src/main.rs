@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use sluice::admin::{self, AdminState, api};
@@ -140,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, stop_signal()).await,
         Command::Bootstrap(args) => {
             print!(
                 "{}",
@@ -171,7 +173,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Serves until `stop` resolves, then closes every xDS stream cleanly and returns.
+async fn serve(args: ServeArgs, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let config = TranslateConfig {
         listen_address: args.listen_address.clone(),
@@ -187,18 +190,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let admin_listener = bind(args.admin_addr, "admin").await?;
     let mut batches = file::watch(args.dir.clone())?;
 
-    let ads = AdsService::new(feed, registry.clone(), metrics.clone());
-    let xds = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(ads)
-        .serve_with_incoming(TcpListenerStream::new(xds_listener));
-    let admin = axum::serve(
-        admin_listener,
-        admin::router(AdminState {
-            engine: engine.clone(),
-            registry,
-            metrics,
-        }),
+    let (stopper, stopping) = watch::channel(false);
+    let ads = AdsService::new(feed, registry.clone(), metrics.clone(), stopping.clone());
+    let mut xds = std::pin::pin!(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(ads)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(xds_listener),
+                stopped(stopping.clone()),
+            )
+    );
+    let mut admin = std::pin::pin!(
+        axum::serve(
+            admin_listener,
+            admin::router(AdminState {
+                engine: engine.clone(),
+                registry,
+                metrics,
+            }),
+        )
+        .with_graceful_shutdown(stopped(stopping))
+        .into_future()
     );
     tracing::info!(dir = %args.dir.display(), xds = %args.xds_addr, admin = %args.admin_addr, "sluice serving");
     let source = async {
@@ -218,12 +231,45 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        result = xds => result.context("the xDS server failed")?,
-        result = admin => result.context("the admin server failed")?,
+        result = &mut xds => return result.context("the xDS server failed"),
+        result = &mut admin => return result.context("the admin server failed"),
         () = source => bail!("the file watcher for {} stopped", args.dir.display()),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+        () = stop => tracing::info!("stopping: closing the xDS streams"),
     }
+    // Every stream ends with its last response sent, then both servers finish.
+    stopper.send_replace(true);
+    let (xds, admin) = tokio::time::timeout(STOP_GRACE, async { tokio::join!(xds, admin) })
+        .await
+        .with_context(|| format!("sluice did not stop within {STOP_GRACE:?}"))?;
+    xds.context("the xDS server failed")?;
+    admin.context("the admin server failed")?;
     Ok(())
+}
+
+/// How long stopping may take.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
+/// Ctrl-C or SIGTERM: either stops sluice cleanly.
+async fn stop_signal() {
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot catch SIGTERM; only Ctrl-C stops sluice cleanly");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 fn find_envoy(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -265,7 +311,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         )
     })?;
     let serve_args = args.serve.clone();
-    let control_plane = tokio::spawn(serve(serve_args));
+    let (stop_control_plane, control_plane_stop) = oneshot::channel::<()>();
+    let mut control_plane = tokio::spawn(serve(serve_args, async {
+        let _ = control_plane_stop.await;
+    }));
     let mut child = tokio::process::Command::new(&envoy)
         .arg("-c")
         .arg(&bootstrap_path)
@@ -291,9 +340,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops both.");
     let result = tokio::select! {
-        joined = control_plane => joined.context("the control plane panicked")?,
+        joined = &mut control_plane => joined.context("the control plane panicked")?,
         status = child.wait() => Err(anyhow::anyhow!("Envoy exited ({})", status?)),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        () = stop_signal() => {
+            // Envoy first, so that it does not reconnect while the control plane stops.
+            let _ = child.kill().await;
+            let _ = stop_control_plane.send(());
+            control_plane.await.context("the control plane panicked")?
+        }
     };
     let _ = child.kill().await;
     let _ = std::fs::remove_file(&bootstrap_path);

@@ -8,5 +8,5 @@ mod stream;
 
 pub use decode::to_json;
 pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, SetDigest, Snapshot, TypeUrl};
-pub use server::{AdsService, Proxy, ProxyRegistry, ProxyView, SnapshotFeed};
+pub use server::{AdsService, Proxy, ProxyRegistry, ProxyView, SnapshotFeed, Stopping};
 pub use stream::{Mode, Nack, RequestOutcome, Response, StreamState, TypeStatus};

@@ -29,6 +29,9 @@ use crate::xds::stream::{Mode, RequestOutcome, Response, StreamState};
 /// an empty CDS or LDS would wipe a reconnecting Envoy.
 pub type SnapshotFeed = watch::Receiver<Option<Arc<Snapshot>>>;
 
+/// Becomes `true` when the server stops: every stream then ends cleanly.
+pub type Stopping = watch::Receiver<bool>;
+
 /// One connected Envoy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -101,6 +104,7 @@ pub struct AdsService {
     snapshots: SnapshotFeed,
     registry: Arc<ProxyRegistry>,
     metrics: Arc<Metrics>,
+    stopping: Stopping,
 }
 
 /// gRPC's default 4 MiB limit is hit by large delta requests and full responses.
@@ -111,11 +115,13 @@ impl AdsService {
         snapshots: SnapshotFeed,
         registry: Arc<ProxyRegistry>,
         metrics: Arc<Metrics>,
+        stopping: Stopping,
     ) -> AggregatedDiscoveryServiceServer<AdsService> {
         AggregatedDiscoveryServiceServer::new(AdsService {
             snapshots,
             registry,
             metrics,
+            stopping,
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -209,6 +215,7 @@ impl AdsService {
         tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
 
         let mut snapshots = self.snapshots.clone();
+        let mut stopping = self.stopping.clone();
         let mut pending = Some(first);
         'stream: loop {
             if let Some(request) = pending.take() {
@@ -245,6 +252,10 @@ impl AdsService {
                     }
                 },
                 changed = snapshots.changed() => if changed.is_err() { break },
+                _ = stopping.wait_for(|stopping| *stopping) => {
+                    tracing::debug!(node = %proxy.node_id, "closing the xDS stream: sluice is stopping");
+                    break;
+                }
             }
         }
         self.registry.lock().remove(&id);
