@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::status::{self, IngressView};
 use crate::translate::{TranslateConfig, Translator};
 use crate::world::{Kept, SourceEvent, World};
-use crate::xds::{Proxy, Snapshot, SnapshotFeed};
+use crate::xds::{ClusterResources, Proxy, Snapshot, SnapshotFeed};
 
 pub struct Engine {
     world: World,
@@ -85,6 +85,12 @@ impl Engine {
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// The cluster (and endpoints) served, or that would be served, under cluster name `name`;
+    /// see [`Translator::cluster_named`].
+    pub fn cluster_named(&self, name: &str) -> Option<ClusterResources> {
+        self.translator.cluster_named(&self.world, name)
     }
 
     pub fn ingresses(&self, proxies: &[Arc<Proxy>]) -> Vec<IngressView> {

@@ -20,7 +20,7 @@ use sluice::metrics::Metrics;
 use sluice::source::file;
 use sluice::status::IngressView;
 use sluice::translate::TranslateConfig;
-use sluice::xds::{AdsService, ProxyRegistry};
+use sluice::xds::{AdsService, ClusterLookup, ProxyRegistry};
 
 /// Translation allocates many small resources; mimalloc makes that markedly cheaper than glibc.
 #[global_allocator]
@@ -191,7 +191,21 @@ async fn serve(args: ServeArgs, stop: impl Future<Output = ()>) -> anyhow::Resul
     let mut batches = file::watch(args.dir.clone())?;
 
     let (stopper, stopping) = watch::channel(false);
-    let ads = AdsService::new(feed, registry.clone(), metrics.clone(), stopping.clone());
+    let cluster_engine = engine.clone();
+    let clusters: ClusterLookup = Arc::new(move |names| {
+        let engine = cluster_engine.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .iter()
+            .filter_map(|name| engine.cluster_named(name))
+            .collect()
+    });
+    let ads = AdsService::new(
+        feed,
+        registry.clone(),
+        metrics.clone(),
+        clusters,
+        stopping.clone(),
+    );
     let mut xds = std::pin::pin!(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)

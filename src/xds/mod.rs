@@ -8,5 +8,7 @@ mod stream;
 
 pub use decode::to_json;
 pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, SetDigest, Snapshot, TypeUrl};
-pub use server::{AdsService, Proxy, ProxyRegistry, ProxyView, SnapshotFeed, Stopping};
-pub use stream::{Mode, Nack, RequestOutcome, Response, StreamState, TypeStatus};
+pub use server::{
+    AdsService, ClusterLookup, Proxy, ProxyRegistry, ProxyView, SnapshotFeed, Stopping,
+};
+pub use stream::{ClusterResources, Mode, Nack, RequestOutcome, Response, StreamState, TypeStatus};
