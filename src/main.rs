@@ -352,7 +352,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "  status:   sluice get ingress --admin-addr {}",
         args.serve.admin_addr
     );
-    println!("Ctrl-C stops both.");
+    println!("Ctrl-C or SIGTERM stops both.");
     let result = tokio::select! {
         joined = &mut control_plane => joined.context("the control plane panicked")?,
         status = child.wait() => Err(anyhow::anyhow!("Envoy exited ({})", status?)),
