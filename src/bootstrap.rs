@@ -51,6 +51,10 @@ pub fn render(config: &BootstrapConfig) -> Result<String, BootstrapError> {
     } else {
         "STRICT_DNS"
     };
+    // Envoy retries a lost xDS stream after a jittered, doubling back-off: by default from
+    // 500 ms up to 30 s, so after a few short outages in a row it came back long after sluice
+    // did. Bounded, it is back within about a second (base and cap: EnvoyGrpc.retry_policy).
+    let (backoff_base, backoff_max) = ("0.25s", "1s");
     let mut yaml = String::new();
     let _ = writeln!(yaml, "node:");
     let _ = writeln!(yaml, "  id: {}", quoted(&config.node_id));
@@ -69,7 +73,10 @@ dynamic_resources:
     transport_api_version: V3
     set_node_on_first_message_only: true
     grpc_services:
-    - envoy_grpc: {{cluster_name: sluice-xds}}
+    - envoy_grpc:
+        cluster_name: sluice-xds
+        retry_policy:
+          retry_back_off: {{base_interval: {backoff_base}, max_interval: {backoff_max}}}
   lds_config: {{ads: {{}}, resource_api_version: V3}}
   cds_config: {{ads: {{}}, resource_api_version: V3}}
 static_resources:
@@ -120,6 +127,12 @@ mod tests {
         assert_eq!(
             parsed["dynamic_resources"]["ads_config"]["api_type"],
             "GRPC"
+        );
+        let backoff = &parsed["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]
+            ["retry_policy"]["retry_back_off"];
+        assert_eq!(
+            backoff["max_interval"], "1s",
+            "reconnects within about a second"
         );
         let endpoint = &parsed["static_resources"]["clusters"][0]["load_assignment"]["endpoints"]
             [0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];

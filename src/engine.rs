@@ -12,7 +12,7 @@ use crate::status::{self, Envoys, IngressView, LoadBalancers};
 use crate::translate::{TranslateConfig, Translator};
 use crate::world::IngressProblem;
 use crate::world::{Kept, SourceEvent, World};
-use crate::xds::{Snapshot, SnapshotFeed};
+use crate::xds::{ClusterResources, Snapshot, SnapshotFeed};
 
 pub struct Engine {
     world: World,
@@ -90,6 +90,12 @@ impl Engine {
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// The cluster (and endpoints) served, or that would be served, under cluster name `name`;
+    /// see [`Translator::cluster_named`].
+    pub fn cluster_named(&self, name: &str) -> Option<ClusterResources> {
+        self.translator.cluster_named(&self.world, name)
     }
 
     /// Every ingress known, with its status.

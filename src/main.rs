@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice::bootstrap::{self, BootstrapConfig};
@@ -207,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, stop_signal()).await,
         Command::Bootstrap(args) => {
             print!(
                 "{}",
@@ -235,18 +238,27 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    runtime::serve(args.options(), stop_signal()).await?;
+async fn serve(args: ServeArgs, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    runtime::serve(args.options(), stop).await?;
     Ok(())
 }
 
 /// Ctrl-C or SIGTERM.
 async fn stop_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot catch SIGTERM; only Ctrl-C stops sluice cleanly");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+        () = terminate => {}
     }
 }
 
@@ -292,7 +304,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         started_envoy_admin: Some(args.envoy_admin_addr.clone()),
         ..args.serve.clone()
     };
-    let control_plane = tokio::spawn(serve(serve_args));
+    let (stop_control_plane, control_plane_stop) = oneshot::channel::<()>();
+    let mut control_plane = tokio::spawn(serve(serve_args, async {
+        let _ = control_plane_stop.await;
+    }));
     let mut child = tokio::process::Command::new(&envoy)
         .arg("-c")
         .arg(&bootstrap_path)
@@ -320,11 +335,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "  status:   sluice get ingress --admin-addr {}",
         args.serve.admin_addr
     );
-    println!("Ctrl-C stops both.");
+    println!("Ctrl-C or SIGTERM stops both.");
     let result = tokio::select! {
-        joined = control_plane => joined.context("the control plane panicked")?,
+        joined = &mut control_plane => joined.context("the control plane panicked")?,
         status = child.wait() => Err(anyhow::anyhow!("Envoy exited ({})", status?)),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        () = stop_signal() => {
+            // Envoy first, so that it does not reconnect while the control plane stops.
+            let _ = child.kill().await;
+            let _ = stop_control_plane.send(());
+            control_plane.await.context("the control plane panicked")?
+        }
     };
     let _ = child.kill().await;
     let _ = std::fs::remove_file(&bootstrap_path);

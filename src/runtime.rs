@@ -23,7 +23,7 @@ use crate::status::replicas::ReplicaReport;
 use crate::status::writer::{StatusSource, StatusWriter, Timing, WriterConfig, WriterError};
 use crate::status::{Envoys, LoadBalancers};
 use crate::translate::TranslateConfig;
-use crate::xds::{AdsService, CsdsService, ProxyRegistry};
+use crate::xds::{AdsService, ClusterLookup, CsdsService, ProxyRegistry};
 
 /// Where the objects come from.
 #[derive(Debug, Clone)]
@@ -83,6 +83,8 @@ pub enum ServeError {
     Admin(#[source] std::io::Error),
     #[error("the source stopped: {0}")]
     SourceStopped(String),
+    #[error("the servers did not stop within {STOP_GRACE:?}")]
+    StopTimeout,
 }
 
 /// Serves until `shutdown` resolves, then stops: in Kubernetes mode it hands the Lease over.
@@ -142,42 +144,84 @@ pub async fn serve(
         .map(|writer| writer.others.clone())
         .unwrap_or_default();
 
+    let (stopper, stopping) = watch::channel(false);
+    let cluster_engine = engine.clone();
+    // A reconnecting Envoy's clusters, rebuilt by name, so that make-before-break holds for
+    // routes this process never sent.
+    let clusters: ClusterLookup = Arc::new(move |names| {
+        let engine = cluster_engine.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .iter()
+            .filter_map(|name| engine.cluster_named(name))
+            .collect()
+    });
     let csds = CsdsService::new(registry.clone(), feed.clone());
-    let ads = AdsService::new(feed, registry.clone(), metrics.clone());
-    let xds = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(ads)
-        .add_service(csds)
-        .serve_with_incoming(TcpListenerStream::new(xds_listener));
-    let admin = axum::serve(
-        admin_listener,
-        admin::router(AdminState {
-            engine: engine.clone(),
-            registry: registry.clone(),
-            metrics,
-            others,
-            server: ServerInfo {
-                xds_addr: options.xds_addr,
-                listeners: options.translate.clone(),
-                envoy_admin_addr: options.envoy_admin_addr.clone(),
-            },
-        }),
+    let ads = AdsService::new(
+        feed,
+        registry.clone(),
+        metrics.clone(),
+        clusters,
+        stopping.clone(),
+    );
+    let mut xds = std::pin::pin!(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(ads)
+            .add_service(csds)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(xds_listener),
+                stopped(stopping.clone()),
+            )
+    );
+    let mut admin = std::pin::pin!(
+        axum::serve(
+            admin_listener,
+            admin::router(AdminState {
+                engine: engine.clone(),
+                registry: registry.clone(),
+                metrics,
+                others,
+                server: ServerInfo {
+                    xds_addr: options.xds_addr,
+                    listeners: options.translate.clone(),
+                    envoy_admin_addr: options.envoy_admin_addr.clone(),
+                },
+            }),
+        )
+        .with_graceful_shutdown(stopped(stopping))
+        .into_future()
     );
     tracing::info!(source = %described, xds = %options.xds_addr, admin = %options.admin_addr, "sluice serving");
-    let result = tokio::select! {
-        result = xds => result.map_err(ServeError::Xds),
-        result = admin => result.map_err(ServeError::Admin),
-        () = follow(batches, &engine, &changed) => Err(ServeError::SourceStopped(described)),
-        () = forward(registry.subscribe(), &changed) => Ok(()),
+    let failed = tokio::select! {
+        result = &mut xds => Some(result.map_err(ServeError::Xds)),
+        result = &mut admin => Some(result.map_err(ServeError::Admin)),
+        () = follow(batches, &engine, &changed) => Some(Err(ServeError::SourceStopped(described))),
+        () = forward(registry.subscribe(), &changed) => None,
         () = shutdown => {
-            tracing::info!("stopping");
-            Ok(())
+            tracing::info!("stopping: closing the xDS streams");
+            None
         }
     };
     if let Some(writer) = writer {
         writer.shutdown().await;
     }
-    result
+    if let Some(result) = failed {
+        return result;
+    }
+    // Every stream ends with its last response sent, then both servers finish.
+    stopper.send_replace(true);
+    let (xds, admin) = tokio::time::timeout(STOP_GRACE, async { tokio::join!(xds, admin) })
+        .await
+        .map_err(|_| ServeError::StopTimeout)?;
+    xds.map_err(ServeError::Xds)?;
+    admin.map_err(ServeError::Admin)
+}
+
+/// How long a stop waits for the streams and servers to finish.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServeError> {

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::knative::IngressKey;
 use crate::world::{ChangeSet, NsName, World};
-use crate::xds::{Group, Resource, ResourceUpdate, TypeUrl};
+use crate::xds::{ClusterResources, Group, Resource, ResourceUpdate, TypeUrl};
 
 pub use routes::{ClusterKey, LISTENER_HEADER, ListenerKind};
 pub use tls::SecretProblem;
@@ -567,15 +567,27 @@ impl Translator {
     }
 
     fn build_backend(&self, key: &ClusterKey, world: &World) -> Option<BackendResources> {
-        self.cluster_refs.contains_key(key).then(|| {
-            let name = key.name();
-            let backend = clusters::backend(key, world);
-            BackendResources {
-                cluster: Resource::new(TypeUrl::Cluster, name, &backend.cluster, Vec::new()),
-                endpoints: backend.endpoints.map(|cla| {
-                    Resource::new(TypeUrl::ClusterLoadAssignment, name, &cla, Vec::new())
-                }),
+        self.cluster_refs
+            .contains_key(key)
+            .then(|| encode_backend(key, world))
+    }
+
+    /// The cluster, and its endpoints, that sluice serves under cluster name `name`, or would
+    /// serve were a route to name it: what a reconnecting Envoy is sent to keep a cluster that
+    /// routes it still holds name, though no route in `world` does any more.
+    pub fn cluster_named(&self, world: &World, name: &str) -> Option<ClusterResources> {
+        let key = ClusterKey::parse(name)?;
+        let built;
+        let backend = match self.backends.get(&key) {
+            Some(backend) => backend,
+            None => {
+                built = encode_backend(&key, world);
+                &built
             }
+        };
+        Some(ClusterResources {
+            cluster: backend.cluster.clone(),
+            endpoints: backend.endpoints.clone(),
         })
     }
 
@@ -790,6 +802,17 @@ fn diff_scopes(
     }
 }
 
+fn encode_backend(key: &ClusterKey, world: &World) -> BackendResources {
+    let name = key.name();
+    let backend = clusters::backend(key, world);
+    BackendResources {
+        cluster: Resource::new(TypeUrl::Cluster, name, &backend.cluster, Vec::new()),
+        endpoints: backend
+            .endpoints
+            .map(|cla| Resource::new(TypeUrl::ClusterLoadAssignment, name, &cla, Vec::new())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -891,6 +914,46 @@ spec:
         events.extend(service("svc-b", "http", "10.0.0.2"));
         world.apply(events);
         world
+    }
+
+    #[test]
+    fn a_cluster_no_route_names_is_rebuilt_as_it_was_served() {
+        let mut world = start();
+        let mut translator = Translator::new(config());
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(translator.apply(&world, &Translator::everything(&world)));
+        let served = |snapshot: &Snapshot, type_url| {
+            snapshot.resources(Group::All, type_url)["default/svc-b:80"].clone()
+        };
+        let cluster = served(&snapshot, TypeUrl::Cluster);
+        let endpoints = served(&snapshot, TypeUrl::ClusterLoadAssignment);
+
+        let changes = world.apply(vec![ingress(
+            "b",
+            "b.example.com",
+            "svc-a",
+            "2026-01-02T00:00:00Z",
+        )]);
+        snapshot.apply(translator.apply(&world, &changes));
+        assert!(
+            !snapshot
+                .resources(Group::All, TypeUrl::Cluster)
+                .contains_key("default/svc-b:80"),
+            "no route names svc-b"
+        );
+        let rebuilt = translator
+            .cluster_named(&world, "default/svc-b:80")
+            .expect("svc-b's cluster");
+        assert_eq!(rebuilt.cluster, cluster);
+        assert_eq!(rebuilt.endpoints, Some(endpoints));
+        let served = translator
+            .cluster_named(&world, "default/svc-a:80")
+            .unwrap();
+        assert_eq!(
+            served.cluster,
+            snapshot.resources(Group::All, TypeUrl::Cluster)["default/svc-a:80"]
+        );
+        assert!(translator.cluster_named(&world, "not a cluster").is_none());
     }
 
     #[test]

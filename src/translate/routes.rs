@@ -50,6 +50,19 @@ impl ClusterKey {
         }))
     }
 
+    /// The key of the cluster sluice names `name`, if it is such a name.
+    pub fn parse(name: &str) -> Option<ClusterKey> {
+        let (namespace, rest) = name.split_once('/')?;
+        let (service, port) = rest.rsplit_once(':')?;
+        if namespace.is_empty() || service.is_empty() || port.is_empty() {
+            return None;
+        }
+        let port = port
+            .parse()
+            .map_or_else(|_| ServicePort::Name(port.to_owned()), ServicePort::Number);
+        Some(ClusterKey::new(namespace, service, &port))
+    }
+
     /// The Envoy cluster name, `<namespace>/<service>:<port>`.
     pub fn name(&self) -> &str {
         &self.0.name

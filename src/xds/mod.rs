@@ -10,7 +10,10 @@ mod stream;
 pub use csds::{CsdsService, Served, served_to, served_to_group};
 pub use decode::to_json;
 pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, SetDigest, Snapshot, TypeUrl};
-pub use server::{AdsService, Proxy, ProxyRegistry, ProxyView, SnapshotFeed};
+pub use server::{
+    AdsService, ClusterLookup, Proxy, ProxyRegistry, ProxyView, SnapshotFeed, Stopping,
+};
 pub use stream::{
-    Mode, Nack, RequestOutcome, Response, SentResource, StreamState, SyncStatus, TypeStatus,
+    ClusterResources, Mode, Nack, RequestOutcome, Response, SentResource, StreamState, SyncStatus,
+    TypeStatus,
 };

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -23,11 +23,25 @@ use tonic::{Request, Status, Streaming};
 
 use crate::metrics::Metrics;
 use crate::xds::resource::{Group, Snapshot, TypeUrl};
-use crate::xds::stream::{Mode, RequestOutcome, Response, StreamState};
+use crate::xds::stream::{ClusterResources, Mode, RequestOutcome, Response, StreamState};
 
 /// What the server serves: `None` until the source's first full load is translated, because
 /// an empty CDS or LDS would wipe a reconnecting Envoy.
 pub type SnapshotFeed = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// Rebuilds, from what the control plane knows now, the clusters of these names that the
+/// snapshot no longer has; leaves out those it cannot. A reconnecting SotW Envoy whose routes
+/// may still name them keeps them only if they are in every CDS response.
+pub type ClusterLookup = Arc<dyn Fn(&[String]) -> Vec<ClusterResources> + Send + Sync>;
+
+/// Becomes `true` when the server stops: every stream then ends cleanly.
+pub type Stopping = watch::Receiver<bool>;
+
+/// A reconnecting Envoy sends a request for every type it subscribed to, all at once: once none
+/// came for this long, they are all in.
+const RECONNECT_QUIET: Duration = Duration::from_millis(100);
+/// The longest a reconnecting stream waits for those requests before it answers.
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// One connected Envoy.
 #[derive(Debug)]
@@ -100,6 +114,8 @@ pub struct ProxyView {
     pub group: Group,
     pub mode: Mode,
     pub connected_seconds: u64,
+    /// Reconnected, and not answered yet: what it reports holding is still coming in.
+    pub settling: bool,
     pub types: BTreeMap<&'static str, crate::xds::TypeStatus>,
 }
 
@@ -115,6 +131,7 @@ impl Proxy {
                 .connected_at
                 .elapsed()
                 .map_or(0, |elapsed| elapsed.as_secs()),
+            settling: state.settling(),
             types: state
                 .status()
                 .into_iter()
@@ -129,6 +146,8 @@ pub struct AdsService {
     snapshots: SnapshotFeed,
     registry: Arc<ProxyRegistry>,
     metrics: Arc<Metrics>,
+    clusters: ClusterLookup,
+    stopping: Stopping,
 }
 
 /// gRPC's default 4 MiB limit is hit by large delta requests and full responses.
@@ -139,15 +158,23 @@ impl AdsService {
         snapshots: SnapshotFeed,
         registry: Arc<ProxyRegistry>,
         metrics: Arc<Metrics>,
+        clusters: ClusterLookup,
+        stopping: Stopping,
     ) -> AggregatedDiscoveryServiceServer<AdsService> {
         AggregatedDiscoveryServiceServer::new(AdsService {
             snapshots,
             registry,
             metrics,
+            clusters,
+            stopping,
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+}
+
+fn lock(proxy: &Proxy) -> std::sync::MutexGuard<'_, StreamState> {
+    proxy.state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn role_of(node: &Node) -> Option<String> {
@@ -237,20 +264,24 @@ impl AdsService {
         self.metrics.connected_proxies.inc();
         tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
 
+        self.handle_request(&proxy, &first);
+        let reconnecting = lock(&proxy).awaits_reconnect();
+        if reconnecting && !self.await_reconnect(&proxy, &mut inbound).await {
+            self.disconnect(id, &proxy);
+            return;
+        }
         let mut snapshots = self.snapshots.clone();
-        let mut pending = Some(first);
+        let mut stopping = self.stopping.clone();
+        let mut pending = None;
         'stream: loop {
             if let Some(request) = pending.take() {
                 self.handle_request(&proxy, &request);
             }
             let snapshot = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
-                let started = std::time::Instant::now();
-                let responses = proxy
-                    .state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .poll(&snapshot);
+                self.look_up_clusters(&proxy, &snapshot);
+                let started = Instant::now();
+                let responses = lock(&proxy).poll(&snapshot);
                 let elapsed = started.elapsed();
                 self.metrics.push_seconds.observe(elapsed.as_secs_f64());
                 tracing::debug!(node = %proxy.node_id, responses = responses.len(), micros = elapsed.as_micros() as u64, "computed responses");
@@ -274,8 +305,52 @@ impl AdsService {
                     }
                 },
                 changed = snapshots.changed() => if changed.is_err() { break },
+                _ = stopping.wait_for(|stopping| *stopping) => {
+                    tracing::debug!(node = %proxy.node_id, "closing the xDS stream: sluice is stopping");
+                    break;
+                }
             }
         }
+        self.disconnect(id, &proxy);
+    }
+
+    /// Reads the requests a reconnecting Envoy sends at once, so that the stream answers knowing
+    /// all it holds. Returns whether the stream is still open.
+    async fn await_reconnect<Req: XdsRequest>(
+        &self,
+        proxy: &Proxy,
+        inbound: &mut Streaming<Req>,
+    ) -> bool {
+        let deadline = Instant::now() + RECONNECT_MAX;
+        loop {
+            let quiet = RECONNECT_QUIET.min(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(quiet, inbound.message()).await {
+                Ok(Ok(Some(request))) => self.handle_request(proxy, &request),
+                Ok(Ok(None)) => return false,
+                Ok(Err(status)) => {
+                    tracing::debug!(node = %proxy.node_id, %status, "xDS stream failed");
+                    return false;
+                }
+                Err(_quiet) => break,
+            }
+        }
+        lock(proxy).reconnected();
+        true
+    }
+
+    /// Has the control plane rebuild the clusters a reconnected SotW Envoy holds that the
+    /// snapshot lacks. The stream's lock is not held meanwhile: the lookup takes the engine's.
+    fn look_up_clusters(&self, proxy: &Proxy, snapshot: &Snapshot) {
+        let names = lock(proxy).clusters_to_look_up(snapshot);
+        if names.is_empty() {
+            return;
+        }
+        let found = (self.clusters)(&names);
+        tracing::info!(node = %proxy.node_id, held = ?names, kept = found.len(), "keeping the clusters a reconnected Envoy holds until its routes no longer name them");
+        lock(proxy).keep_clusters(found);
+    }
+
+    fn disconnect(&self, id: u64, proxy: &Proxy) {
         self.registry.lock().remove(&id);
         self.registry.changed();
         self.metrics.connected_proxies.dec();
@@ -283,7 +358,7 @@ impl AdsService {
     }
 
     fn handle_request(&self, proxy: &Proxy, request: &impl XdsRequest) {
-        let outcome = request.apply(&mut proxy.state.lock().unwrap_or_else(|p| p.into_inner()));
+        let outcome = request.apply(&mut lock(proxy));
         if matches!(outcome, RequestOutcome::Acked | RequestOutcome::Nacked(_)) {
             self.registry.changed();
         }

@@ -7,9 +7,27 @@
 //! - a NACK (`error_detail`) is recorded and never answered by re-sending the rejected version;
 //! - LDS, CDS and SRDS are sent whole in SotW; RDS and EDS carry only what changed;
 //! - make-before-break: a route configuration goes out only once every cluster it names is
-//!   ACKed by the Envoy, along with that cluster's endpoints; a cluster that the Envoy's routes
-//!   still name stays in its CDS until those routes are replaced;
+//!   ACKed by the Envoy, along with that cluster's endpoints; a cluster leaves the Envoy only
+//!   once no route configuration the Envoy may hold can name it;
 //! - after a cluster changes, its endpoints are sent again, since Envoy warms it until they come.
+//!
+//! Reconnects. An Envoy that reconnects (to a restarted sluice, or to another replica) keeps
+//! serving what it holds and says what that is: delta lists each resource it holds with its
+//! version (`initial_resource_versions`); SotW gives per type the `version_info` it last
+//! accepted, and for EDS and RDS the names it holds. Envoy sends one request for every type it
+//! ever subscribed to, all at once, when a stream opens (`GrpcMuxImpl::onStreamEstablished`),
+//! so a reconnecting stream answers nothing until [`StreamState::reconnected`] says they are in.
+//! Then:
+//! - what the Envoy holds at the version the snapshot has is adopted as sent and ACKed and is
+//!   not sent again: per resource in delta (versions are content hashes, the same in every
+//!   process); per type in SotW, when the reported `version_info` is the digest of the set the
+//!   snapshot has for the names the Envoy asks for;
+//! - any other route configuration the Envoy holds has unknown content, so it may name any
+//!   cluster: until each is replaced and ACKed (or unsubscribed), no cluster leaves the Envoy.
+//!   Delta keeps a cluster by not removing it. SotW must list a cluster in every CDS response
+//!   to keep it, which takes its body: the Envoy's EDS request names the clusters it holds, and
+//!   [`StreamState::clusters_to_look_up`] has the control plane rebuild those the snapshot no
+//!   longer has. Once no route of unknown content is left, a cluster that no route names goes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -59,6 +77,14 @@ pub enum Response {
     Delta(DeltaDiscoveryResponse),
 }
 
+/// A cluster, and its endpoints when EDS feeds it, as the control plane would serve them now:
+/// what a reconnecting SotW Envoy is sent to keep a cluster the snapshot no longer has.
+#[derive(Debug, Clone)]
+pub struct ClusterResources {
+    pub cluster: Arc<Resource>,
+    pub endpoints: Option<Arc<Resource>>,
+}
+
 #[derive(Debug, Clone)]
 struct InFlight {
     nonce: String,
@@ -67,8 +93,8 @@ struct InFlight {
     changes: BTreeMap<String, Option<Held>>,
 }
 
-/// What the client holds of a resource: the version, and the resource itself when this stream
-/// sent it (a reconnecting delta client only tells versions).
+/// What the client holds of a resource: the version, and the resource itself when its content
+/// is known (a reconnecting client only tells versions, or in SotW only names).
 #[derive(Debug, Clone)]
 struct Held {
     version: String,
@@ -80,6 +106,14 @@ impl Held {
         Held {
             version: resource.version.clone(),
             resource: Some(resource.clone()),
+        }
+    }
+
+    /// Held at `version` (empty: unknown), content unknown.
+    fn unknown(version: &str) -> Held {
+        Held {
+            version: version.to_owned(),
+            resource: None,
         }
     }
 
@@ -96,6 +130,29 @@ impl Held {
 enum View {
     Sent,
     Acked,
+}
+
+/// What the client should hold of a resource.
+enum Want {
+    /// This version.
+    Hold(Arc<Resource>),
+    /// Whatever it holds now, if anything.
+    Keep,
+    /// Nothing.
+    Drop,
+}
+
+/// Whether the Envoy on this stream already held config when the stream opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// No request yet.
+    Unknown,
+    /// Its first request said it holds nothing.
+    Fresh,
+    /// It holds config, and the rest of its reconnect requests may still be coming.
+    Reconnecting,
+    /// It holds config, and all its reconnect requests are in.
+    Reconnected,
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +172,11 @@ struct TypeState {
     /// What the client ACKed.
     acked: BTreeMap<String, Held>,
     acked_version: String,
+    /// Names held (sent or ACKed) whose content is unknown.
+    unresolved: BTreeSet<String>,
+    /// SotW: the `version_info` of this type's first request on a reconnect, not yet compared
+    /// with the snapshot.
+    reported: Option<String>,
     /// Must be sent even if unchanged (delta subscribe, endpoints of a changed cluster).
     force: BTreeSet<String>,
     /// The snapshot's map of this type when this stream last answered: diffing the next
@@ -186,6 +248,25 @@ pub struct StreamState {
     /// For each cluster, how many route configurations this client holds (sent or ACKed) name
     /// it: a cluster is removed from the client only once this drops to zero.
     cluster_users: BTreeMap<String, usize>,
+    start: Start,
+    /// SotW: the clusters a reconnecting Envoy named in its first EDS request, that is the
+    /// clusters it holds that EDS feeds.
+    held_endpoints: Option<BTreeSet<String>>,
+    /// Whether [`StreamState::clusters_to_look_up`] has asked for them.
+    looked_up: bool,
+    /// Whether the stream answered since the Envoy's reconnect requests were in.
+    polled: bool,
+    /// Clusters the Envoy held on reconnect that the snapshot lacks, rebuilt by the control
+    /// plane: SotW keeps them in CDS while a route may name them.
+    retired: BTreeMap<String, ClusterResources>,
+}
+
+fn digest_of(resources: &[Arc<Resource>]) -> String {
+    let mut digest = SetDigest::default();
+    for resource in resources {
+        digest.toggle(&resource.name, &resource.version);
+    }
+    digest.version()
 }
 
 impl StreamState {
@@ -196,6 +277,69 @@ impl StreamState {
             next_nonce: 0,
             types: BTreeMap::new(),
             cluster_users: BTreeMap::new(),
+            start: Start::Unknown,
+            held_endpoints: None,
+            looked_up: false,
+            polled: false,
+            retired: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the Envoy holds config from an earlier stream and may still be sending the
+    /// requests it sends on reconnecting; nothing is answered until [`Self::reconnected`].
+    pub fn awaits_reconnect(&self) -> bool {
+        self.start == Start::Reconnecting
+    }
+
+    /// Whether the stream has yet to give its first answers: its Envoy's reconnect requests are
+    /// still coming in, or have not been answered.
+    pub fn settling(&self) -> bool {
+        match self.start {
+            Start::Unknown | Start::Reconnecting => true,
+            Start::Fresh => false,
+            Start::Reconnected => !self.polled,
+        }
+    }
+
+    /// All the requests the Envoy sends on reconnecting are in: answering may start.
+    pub fn reconnected(&mut self) {
+        if self.start == Start::Reconnecting {
+            self.start = Start::Reconnected;
+        }
+    }
+
+    /// SotW, once after reconnecting: the clusters the Envoy holds that the snapshot lacks.
+    /// The control plane rebuilds them and hands them to [`Self::keep_clusters`], so that they
+    /// stay in CDS while a route the Envoy holds may name them.
+    pub fn clusters_to_look_up(&mut self, snapshot: &Snapshot) -> Vec<String> {
+        if self.start != Start::Reconnected || self.looked_up {
+            return Vec::new();
+        }
+        self.looked_up = true;
+        let clusters = snapshot.resources(self.group, TypeUrl::Cluster);
+        self.held_endpoints
+            .iter()
+            .flatten()
+            .filter(|name| !clusters.contains_key(*name))
+            .cloned()
+            .collect()
+    }
+
+    /// Clusters rebuilt for [`Self::clusters_to_look_up`].
+    pub fn keep_clusters(&mut self, found: Vec<ClusterResources>) {
+        for resources in found {
+            self.retired
+                .insert(resources.cluster.name.clone(), resources);
+        }
+    }
+
+    fn note_start(&mut self, holds_config: bool) {
+        if self.start == Start::Unknown {
+            self.start = if holds_config {
+                Start::Reconnecting
+            } else {
+                Start::Fresh
+            };
         }
     }
 
@@ -203,6 +347,7 @@ impl StreamState {
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return RequestOutcome::UnknownType(request.type_url.clone());
         };
+        self.note_start(!request.version_info.is_empty());
         let state = self.types.entry(type_url).or_default();
         let mut outcome = RequestOutcome::Subscribed;
         if !request.response_nonce.is_empty() {
@@ -216,6 +361,7 @@ impl StreamState {
             }
         }
         let state = self.types.entry(type_url).or_default();
+        let first = !state.requested;
         let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
         let wildcard = type_url.is_full_state() && names.is_empty();
         if names != state.names || wildcard != state.wildcard || !state.requested {
@@ -234,13 +380,40 @@ impl StreamState {
         for name in gone {
             self.forget(type_url, &name);
         }
+        if first && !request.version_info.is_empty() {
+            self.note_reported(type_url, &request.version_info);
+        }
         outcome
+    }
+
+    /// SotW: the first request of a type on a reconnect carries the version the Envoy last
+    /// accepted. Its EDS names are the clusters it holds; its RDS names are routes of unknown
+    /// content until the version proves otherwise.
+    fn note_reported(&mut self, type_url: TypeUrl, version: &str) {
+        let state = self.types.entry(type_url).or_default();
+        state.reported = Some(version.to_owned());
+        state.acked_version = version.to_owned();
+        let names: Vec<String> = state.names.iter().cloned().collect();
+        match type_url {
+            TypeUrl::ClusterLoadAssignment => {
+                self.held_endpoints = Some(names.into_iter().collect());
+            }
+            TypeUrl::RouteConfiguration => {
+                for name in names {
+                    self.hold(type_url, View::Sent, &name, Some(Held::unknown("")));
+                    self.hold(type_url, View::Acked, &name, Some(Held::unknown("")));
+                }
+            }
+            _ => {}
+        }
     }
 
     pub fn on_delta_request(&mut self, request: &DeltaDiscoveryRequest) -> RequestOutcome {
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return RequestOutcome::UnknownType(request.type_url.clone());
         };
+        let initial = &request.initial_resource_versions;
+        self.note_start(!initial.is_empty());
         let state = self.types.entry(type_url).or_default();
         let first = !state.requested;
         if first {
@@ -255,7 +428,11 @@ impl StreamState {
                 state.look_again();
             } else {
                 state.names.insert(name.clone());
-                state.force.insert(name.clone());
+                // A reconnecting client that names what it already holds gets it again only if
+                // its version differs.
+                if !(first && initial.contains_key(name)) {
+                    state.force.insert(name.clone());
+                }
             }
         }
         let mut gone = Vec::new();
@@ -276,17 +453,18 @@ impl StreamState {
                 }
             }
         }
-        if first {
-            let mut initial: Vec<_> = request.initial_resource_versions.iter().collect();
-            initial.sort();
-            for (name, version) in initial {
-                let held = Held {
-                    version: version.clone(),
-                    resource: None,
-                };
-                self.hold(type_url, View::Sent, name, Some(held.clone()));
-                self.hold(type_url, View::Acked, name, Some(held));
+        if first && !initial.is_empty() {
+            let mut held: Vec<_> = initial.iter().collect();
+            held.sort();
+            for (name, version) in held {
+                self.hold(type_url, View::Sent, name, Some(Held::unknown(version)));
+                self.hold(type_url, View::Acked, name, Some(Held::unknown(version)));
             }
+            // The client is past its initial fetch: it needs no answer unless something
+            // differs.
+            let state = self.types.entry(type_url).or_default();
+            state.answered = true;
+            state.acked_version = state.sent_digest.version();
         }
         for name in gone {
             self.forget(type_url, &name);
@@ -311,54 +489,62 @@ impl StreamState {
         self.hold(type_url, View::Acked, name, None);
     }
 
-    /// Records what the client holds of one resource, keeping the set digest and the cluster
-    /// references of route configurations up to date.
+    /// Records what the client holds of one resource, keeping the set digest, the names of
+    /// unknown content and the cluster references of route configurations up to date.
     fn hold(&mut self, type_url: TypeUrl, view: View, name: &str, held: Option<Held>) {
         let state = self.types.entry(type_url).or_default();
+        let added = held
+            .as_ref()
+            .map(|h| h.references().to_vec())
+            .unwrap_or_default();
+        if let (View::Sent, Some(held)) = (view, &held) {
+            state.sent_digest.toggle(name, &held.version);
+        }
         let map = match view {
             View::Sent => &mut state.sent,
             View::Acked => &mut state.acked,
         };
         let previous = match held {
-            Some(held) => {
-                if view == View::Sent {
-                    state.sent_digest.toggle(name, &held.version);
-                }
-                let references = held.references().to_vec();
-                let previous = map.insert(name.to_owned(), held);
-                if type_url == TypeUrl::RouteConfiguration {
-                    for cluster in references {
-                        *self.cluster_users.entry(cluster).or_default() += 1;
-                    }
-                }
-                previous
-            }
+            Some(held) => map.insert(name.to_owned(), held),
             None => map.remove(name),
         };
-        let Some(previous) = previous else {
-            return;
-        };
-        let state = self.types.entry(type_url).or_default();
-        if view == View::Sent {
+        if let (View::Sent, Some(previous)) = (view, &previous) {
             state.sent_digest.toggle(name, &previous.version);
         }
+        let unknown =
+            |map: &BTreeMap<String, Held>| map.get(name).is_some_and(|h| h.resource.is_none());
+        let last_resolved = if unknown(&state.sent) || unknown(&state.acked) {
+            state.unresolved.insert(name.to_owned());
+            false
+        } else {
+            state.unresolved.remove(name) && state.unresolved.is_empty()
+        };
         if type_url != TypeUrl::RouteConfiguration {
             return;
         }
-        for cluster in previous.references() {
+        for cluster in added {
+            *self.cluster_users.entry(cluster).or_default() += 1;
+        }
+        let mut unused = Vec::new();
+        for cluster in previous.iter().flat_map(Held::references) {
             let Some(users) = self.cluster_users.get_mut(cluster) else {
                 continue;
             };
             *users -= 1;
             if *users == 0 {
                 self.cluster_users.remove(cluster);
-                self.types
-                    .entry(TypeUrl::Cluster)
-                    .or_default()
-                    .recheck
-                    .insert(cluster.clone());
+                unused.push(cluster.clone());
             }
         }
+        if unused.is_empty() && !last_resolved {
+            return;
+        }
+        let clusters = self.types.entry(TypeUrl::Cluster).or_default();
+        if last_resolved {
+            // No route of unknown content is left: every cluster may have lost its last user.
+            unused.extend(clusters.sent.keys().cloned());
+        }
+        clusters.recheck.extend(unused);
     }
 
     /// Settles the response in flight with the client's verdict.
@@ -391,6 +577,13 @@ impl StreamState {
 
     /// The responses the snapshot calls for now, in the order Envoy must apply them.
     pub fn poll(&mut self, snapshot: &Snapshot) -> Vec<Response> {
+        if self.start == Start::Reconnecting {
+            return Vec::new();
+        }
+        self.polled = true;
+        for type_url in TypeUrl::ALL {
+            self.adopt(type_url, snapshot);
+        }
         let mut responses = Vec::new();
         for type_url in TypeUrl::ALL {
             if let Some(response) = self.respond(type_url, snapshot) {
@@ -398,6 +591,120 @@ impl StreamState {
             }
         }
         responses
+    }
+
+    /// Takes what the Envoy reported holding as sent and ACKed wherever its version proves it
+    /// is what the snapshot has, so that it is neither sent again nor of unknown content.
+    fn adopt(&mut self, type_url: TypeUrl, snapshot: &Snapshot) {
+        let Some(state) = self.types.get_mut(&type_url) else {
+            return;
+        };
+        if let Some(version) = state.reported.take() {
+            let candidates = self.reported_candidates(type_url, snapshot);
+            if let Some(held) = candidates.into_iter().find(|set| digest_of(set) == version) {
+                self.adopt_set(type_url, held);
+            }
+        }
+        let state = &self.types[&type_url];
+        let available = snapshot.resources(self.group, type_url);
+        let mut known = Vec::new();
+        for name in &state.unresolved {
+            let Some(resource) = available.get(name) else {
+                continue;
+            };
+            for (view, map) in [(View::Sent, &state.sent), (View::Acked, &state.acked)] {
+                let same = map
+                    .get(name)
+                    .is_some_and(|h| h.resource.is_none() && h.version == resource.version);
+                if same {
+                    known.push((view, resource.clone()));
+                }
+            }
+        }
+        for (view, resource) in known {
+            self.hold(type_url, view, &resource.name, Some(Held::of(&resource)));
+        }
+    }
+
+    /// SotW: the sets the Envoy may hold of a type, one of which its reported version may be
+    /// the digest of: what the snapshot has for the names it asks for; for CDS also the clusters
+    /// it reported holding, with the rebuilt bodies of those the snapshot lacks.
+    fn reported_candidates(
+        &mut self,
+        type_url: TypeUrl,
+        snapshot: &Snapshot,
+    ) -> Vec<Vec<Arc<Resource>>> {
+        let available = snapshot.resources(self.group, type_url);
+        let state = &self.types[&type_url];
+        let retired_endpoints = |name: &String| {
+            (type_url == TypeUrl::ClusterLoadAssignment)
+                .then(|| self.retired.get(name)?.endpoints.clone())
+                .flatten()
+        };
+        let asked: Vec<Arc<Resource>> = if state.wildcard {
+            available.values().cloned().collect()
+        } else {
+            state
+                .names
+                .iter()
+                .filter_map(|name| {
+                    available
+                        .get(name)
+                        .cloned()
+                        .or_else(|| retired_endpoints(name))
+                })
+                .collect()
+        };
+        let mut candidates = vec![asked];
+        if type_url == TypeUrl::Cluster
+            && let Some(held) = self.held_endpoints.take()
+        {
+            // A cluster without endpoints in the snapshot is fed by DNS, not EDS: the EDS
+            // request does not name it.
+            let endpoints = snapshot.resources(self.group, TypeUrl::ClusterLoadAssignment);
+            let mut set: Vec<Arc<Resource>> = available
+                .values()
+                .filter(|c| held.contains(&c.name) || !endpoints.contains_key(&c.name))
+                .cloned()
+                .collect();
+            set.extend(
+                held.iter()
+                    .filter(|name| !available.contains_key(*name))
+                    .filter_map(|name| Some(self.retired.get(name)?.cluster.clone())),
+            );
+            candidates.push(set);
+        }
+        candidates
+    }
+
+    /// Records that the Envoy holds exactly `held` of a type, sent and ACKed.
+    fn adopt_set(&mut self, type_url: TypeUrl, held: Vec<Arc<Resource>>) {
+        let state = self.types.entry(type_url).or_default();
+        state.answered = true;
+        let names: BTreeSet<&str> = held.iter().map(|r| r.name.as_str()).collect();
+        let absent: Vec<String> = state
+            .sent
+            .keys()
+            .filter(|name| !names.contains(name.as_str()))
+            .cloned()
+            .collect();
+        for name in absent {
+            self.forget(type_url, &name);
+        }
+        for resource in &held {
+            self.hold(
+                type_url,
+                View::Sent,
+                &resource.name,
+                Some(Held::of(resource)),
+            );
+            self.hold(
+                type_url,
+                View::Acked,
+                &resource.name,
+                Some(Held::of(resource)),
+            );
+        }
     }
 
     fn acked_and_settled(&self, type_url: TypeUrl, name: &str) -> bool {
@@ -421,6 +728,16 @@ impl StreamState {
         })
     }
 
+    /// Whether a route configuration the client holds may name `cluster`: a known one does, or
+    /// one of unknown content is held.
+    fn may_be_named(&self, cluster: &str) -> bool {
+        self.cluster_users.contains_key(cluster)
+            || self
+                .types
+                .get(&TypeUrl::RouteConfiguration)
+                .is_some_and(|routes| !routes.unresolved.is_empty())
+    }
+
     /// The names whose desired state may differ from what was sent: what the snapshot changed
     /// since the last answer, plus the names marked for another look.
     fn candidates(&mut self, type_url: TypeUrl, available: &ResourceMap) -> BTreeSet<String> {
@@ -439,42 +756,64 @@ impl StreamState {
                 } else {
                     names.extend(state.names.iter().cloned());
                 }
+                if type_url == TypeUrl::Cluster {
+                    names.extend(self.retired.keys().cloned());
+                }
             }
         }
-        state.seen = Some(available.clone());
+        self.types.entry(type_url).or_default().seen = Some(available.clone());
         names
     }
 
-    /// What the client should hold of `name` now: `None` when it should not hold it.
+    /// What the client should hold of `name` now.
     fn desired(
         &mut self,
         type_url: TypeUrl,
         name: &str,
         available: &ResourceMap,
         snapshot: &Snapshot,
-    ) -> Option<Arc<Resource>> {
+    ) -> Want {
         let state = &self.types[&type_url];
-        let previous = || state.sent.get(name).and_then(|h| h.resource.clone());
-        let current = state
-            .subscribed(name)
-            .then(|| available.get(name).cloned())
-            .flatten();
+        let subscribed = state.subscribed(name);
+        let current = subscribed.then(|| available.get(name).cloned()).flatten();
         match (type_url, current) {
-            // A cluster the client's routes still name stays until they stop naming it.
-            (TypeUrl::Cluster, None) if self.cluster_users.contains_key(name) => previous(),
             // A route whose clusters are not ready waits; the client keeps what it has.
             (TypeUrl::RouteConfiguration, Some(route))
                 if !self.clusters_ready(&route, snapshot) =>
             {
-                let previous = previous();
                 self.types
                     .entry(type_url)
                     .or_default()
                     .recheck
                     .insert(name.to_owned());
-                previous
+                Want::Keep
             }
-            (_, current) => current,
+            (_, Some(resource)) => Want::Hold(resource),
+            // A cluster a route may still name stays until no route can name it.
+            (TypeUrl::Cluster, None) if self.may_be_named(name) => self.kept_cluster(name),
+            (TypeUrl::ClusterLoadAssignment, None) if subscribed => self
+                .retired
+                .get(name)
+                .and_then(|kept| kept.endpoints.clone())
+                .map_or(Want::Drop, Want::Hold),
+            _ => Want::Drop,
+        }
+    }
+
+    /// How a cluster the snapshot no longer has stays with the client.
+    fn kept_cluster(&self, name: &str) -> Want {
+        match self.types[&TypeUrl::Cluster].sent.get(name) {
+            Some(Held {
+                resource: Some(resource),
+                ..
+            }) => Want::Hold(resource.clone()),
+            // Delta keeps a cluster by not removing it, whatever its content.
+            Some(_) if self.mode == Mode::Delta => Want::Keep,
+            // SotW keeps it only by sending it: with the body rebuilt on reconnect, if any.
+            _ => self
+                .retired
+                .get(name)
+                .map_or(Want::Drop, |kept| Want::Hold(kept.cluster.clone())),
         }
     }
 
@@ -494,7 +833,7 @@ impl StreamState {
             let desired = self.desired(type_url, &name, &available, snapshot);
             let state = &self.types[&type_url];
             match desired {
-                Some(resource) => {
+                Want::Hold(resource) => {
                     let unchanged = state
                         .sent
                         .get(&name)
@@ -503,7 +842,8 @@ impl StreamState {
                         changed.push(resource);
                     }
                 }
-                None => {
+                Want::Keep => {}
+                Want::Drop => {
                     if state.sent.contains_key(&name)
                         && (type_url.is_full_state() || !state.subscribed(&name))
                     {
@@ -532,6 +872,9 @@ impl StreamState {
         }
         if type_url == TypeUrl::Cluster {
             self.refresh_endpoints_of(&changed);
+            for name in &removed {
+                self.retired.remove(name);
+            }
         }
         let state = self.types.get_mut(&type_url)?;
         let version = state.sent_digest.version();
@@ -1061,6 +1404,11 @@ mod tests {
         ]
         .into();
         stream.on_delta_request(&request);
+        assert!(
+            stream.poll(&snapshot).is_empty(),
+            "its other requests may be coming"
+        );
+        stream.reconnected();
         let responses = delta_responses(stream.poll(&snapshot));
         assert_eq!(responses.len(), 1);
         assert_eq!(names(&responses[0]), ["b"]);
@@ -1120,5 +1468,328 @@ mod tests {
             RequestOutcome::Nacked(_)
         ));
         assert!(stream.poll(&snapshot).is_empty());
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reconnects: an Envoy that held config from an earlier stream (a restarted sluice, or
+    // another replica).
+
+    /// `base()` after the split of route `r` moved from cluster `a` to cluster `b`, and `a`
+    /// went: what a sluice restarted after the change serves.
+    fn moved() -> Snapshot {
+        let mut next = base();
+        remove(&mut next, TypeUrl::Cluster, "a");
+        remove(&mut next, TypeUrl::ClusterLoadAssignment, "a");
+        put(
+            &mut next,
+            resource(TypeUrl::Cluster, "b", 1, &[]),
+            TypeUrl::Cluster,
+        );
+        put(
+            &mut next,
+            resource(TypeUrl::ClusterLoadAssignment, "b", 1, &[]),
+            TypeUrl::ClusterLoadAssignment,
+        );
+        put(
+            &mut next,
+            resource(TypeUrl::RouteConfiguration, "r", 2, &["b"]),
+            TypeUrl::RouteConfiguration,
+        );
+        next
+    }
+
+    fn version(snapshot: &Snapshot, type_url: TypeUrl, name: &str) -> String {
+        snapshot.resources(Group::All, type_url)[name]
+            .version
+            .clone()
+    }
+
+    /// The first delta request of a type from an Envoy that holds `held` (name, version).
+    fn delta_reconnect(
+        type_url: TypeUrl,
+        subscribe: &[&str],
+        held: &[(&str, String)],
+    ) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            initial_resource_versions: held
+                .iter()
+                .map(|(name, version)| (name.to_string(), version.clone()))
+                .collect(),
+            ..delta(type_url, subscribe, &[], "")
+        }
+    }
+
+    fn delta_ack(stream: &mut StreamState, response: &DeltaDiscoveryResponse) {
+        let type_url = TypeUrl::parse(&response.type_url).unwrap();
+        let outcome = stream.on_delta_request(&delta(type_url, &[], &[], &response.nonce));
+        assert_eq!(outcome, RequestOutcome::Acked);
+    }
+
+    fn delta_short(
+        responses: &[DeltaDiscoveryResponse],
+    ) -> Vec<(&'static str, Vec<&str>, Vec<&str>)> {
+        responses
+            .iter()
+            .map(|r| {
+                (
+                    TypeUrl::parse(&r.type_url).unwrap().short(),
+                    names(r),
+                    r.removed_resources.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn delta_reconnect_with_nothing_changed_sends_nothing() {
+        let snapshot = base();
+        let held = |type_url, name: &'static str| [(name, version(&snapshot, type_url, name))];
+        let mut stream = StreamState::new(Mode::Delta, Group::All);
+        stream.on_delta_request(&delta_reconnect(
+            TypeUrl::Cluster,
+            &[],
+            &held(TypeUrl::Cluster, "a"),
+        ));
+        stream.on_delta_request(&delta_reconnect(
+            TypeUrl::ClusterLoadAssignment,
+            &["a"],
+            &held(TypeUrl::ClusterLoadAssignment, "a"),
+        ));
+        stream.on_delta_request(&delta_reconnect(
+            TypeUrl::Listener,
+            &[],
+            &held(TypeUrl::Listener, "l"),
+        ));
+        stream.on_delta_request(&delta_reconnect(
+            TypeUrl::RouteConfiguration,
+            &["r"],
+            &held(TypeUrl::RouteConfiguration, "r"),
+        ));
+        stream.reconnected();
+        assert!(stream.poll(&snapshot).is_empty(), "the Envoy has it all");
+        for (type_url, status) in stream.status() {
+            assert!(!status.acked_version.is_empty(), "{type_url} has a version");
+        }
+
+        let mut next = snapshot.clone();
+        put(
+            &mut next,
+            resource(TypeUrl::Cluster, "a", 2, &[]),
+            TypeUrl::Cluster,
+        );
+        let responses = delta_responses(stream.poll(&next));
+        assert_eq!(
+            delta_short(&responses),
+            [("CDS", vec!["a"], vec![]), ("EDS", vec!["a"], vec![])],
+            "changes still flow"
+        );
+    }
+
+    #[test]
+    fn delta_reconnect_keeps_clusters_until_the_routes_it_held_are_replaced_and_acked() {
+        let old = base();
+        let next = moved();
+        let mut stream = StreamState::new(Mode::Delta, Group::All);
+        stream.on_delta_request(&delta_reconnect(
+            TypeUrl::Cluster,
+            &[],
+            &[("a", version(&old, TypeUrl::Cluster, "a"))],
+        ));
+        stream.on_delta_request(&delta_reconnect(
+            TypeUrl::ClusterLoadAssignment,
+            &["a"],
+            &[("a", version(&old, TypeUrl::ClusterLoadAssignment, "a"))],
+        ));
+        stream.on_delta_request(&delta_reconnect(
+            TypeUrl::RouteConfiguration,
+            &["r"],
+            &[("r", version(&old, TypeUrl::RouteConfiguration, "r"))],
+        ));
+        stream.reconnected();
+        let cds = delta_responses(stream.poll(&next));
+        assert_eq!(
+            delta_short(&cds),
+            [("CDS", vec!["b"], vec![])],
+            "a stays: the route the Envoy holds may name it"
+        );
+        delta_ack(&mut stream, &cds[0]);
+        stream.on_delta_request(&delta(TypeUrl::ClusterLoadAssignment, &["b"], &[], ""));
+        let eds = delta_responses(stream.poll(&next));
+        assert_eq!(delta_short(&eds), [("EDS", vec!["b"], vec![])]);
+        delta_ack(&mut stream, &eds[0]);
+        let rds = delta_responses(stream.poll(&next));
+        assert_eq!(delta_short(&rds), [("RDS", vec!["r"], vec![])]);
+        assert!(
+            stream.poll(&next).is_empty(),
+            "a stays until the new route is ACKed"
+        );
+        delta_ack(&mut stream, &rds[0]);
+        let cds = delta_responses(stream.poll(&next));
+        assert_eq!(delta_short(&cds), [("CDS", vec![], vec!["a"])]);
+    }
+
+    #[test]
+    fn delta_reconnect_keeps_clusters_while_a_held_route_is_subscribed() {
+        let next = moved();
+        let mut stream = StreamState::new(Mode::Delta, Group::All);
+        stream.on_delta_request(&delta_reconnect(
+            TypeUrl::Cluster,
+            &[],
+            &[("a", "v0".to_string())],
+        ));
+        stream.on_delta_request(&delta_reconnect(
+            TypeUrl::RouteConfiguration,
+            &["gone"],
+            &[("gone", "v0".to_string())],
+        ));
+        stream.reconnected();
+        let cds = delta_responses(stream.poll(&next));
+        assert_eq!(delta_short(&cds), [("CDS", vec!["b"], vec![])]);
+        delta_ack(&mut stream, &cds[0]);
+        assert!(stream.poll(&next).is_empty(), "route `gone` may name a");
+        // Its scope went, so the Envoy drops the route.
+        stream.on_delta_request(&delta(TypeUrl::RouteConfiguration, &[], &["gone"], ""));
+        let cds = delta_responses(stream.poll(&next));
+        assert_eq!(delta_short(&cds), [("CDS", vec![], vec!["a"])], "no leak");
+    }
+
+    /// A new SotW stream from the Envoy `previous` served, reporting what it accepted:
+    /// CDS, EDS for `a`, RDS for `r`.
+    fn sotw_reconnect(previous: &StreamState) -> StreamState {
+        let versions = previous.status();
+        let accepted = |type_url| versions[&type_url].acked_version.clone();
+        let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
+        stream.on_sotw_request(&sotw(
+            TypeUrl::Cluster,
+            &[],
+            &accepted(TypeUrl::Cluster),
+            "",
+        ));
+        assert!(stream.awaits_reconnect());
+        stream.on_sotw_request(&sotw(
+            TypeUrl::ClusterLoadAssignment,
+            &["a"],
+            &accepted(TypeUrl::ClusterLoadAssignment),
+            "",
+        ));
+        stream.on_sotw_request(&sotw(
+            TypeUrl::RouteConfiguration,
+            &["r"],
+            &accepted(TypeUrl::RouteConfiguration),
+            "",
+        ));
+        assert!(
+            stream.poll(&base()).is_empty(),
+            "its other requests may be coming"
+        );
+        stream.reconnected();
+        assert!(stream.settling(), "not answered yet");
+        stream
+    }
+
+    #[test]
+    fn sotw_reconnect_with_nothing_changed_sends_nothing() {
+        let snapshot = base();
+        let mut stream = sotw_reconnect(&converged(&snapshot));
+        assert!(stream.clusters_to_look_up(&snapshot).is_empty());
+        assert!(stream.poll(&snapshot).is_empty(), "the Envoy has it all");
+        assert!(!stream.settling());
+
+        let mut next = snapshot.clone();
+        put(
+            &mut next,
+            resource(TypeUrl::RouteConfiguration, "r", 2, &["a"]),
+            TypeUrl::RouteConfiguration,
+        );
+        let rds = sotw_responses(stream.poll(&next));
+        assert_eq!(short(&rds), [("RDS", 1)], "changes still flow");
+    }
+
+    #[test]
+    fn sotw_reconnect_keeps_a_cluster_the_held_routes_may_name_until_they_are_replaced() {
+        let old = base();
+        let next = moved();
+        let mut stream = sotw_reconnect(&converged(&old));
+        assert_eq!(stream.clusters_to_look_up(&next), ["a"]);
+        assert!(stream.clusters_to_look_up(&next).is_empty(), "asked once");
+        stream.keep_clusters(vec![ClusterResources {
+            cluster: old.resources(Group::All, TypeUrl::Cluster)["a"].clone(),
+            endpoints: Some(old.resources(Group::All, TypeUrl::ClusterLoadAssignment)["a"].clone()),
+        }]);
+        let cds = sotw_responses(stream.poll(&next));
+        assert_eq!(short(&cds), [("CDS", 2)], "a is kept beside b");
+        ack(&mut stream, &cds[0], &[]);
+        let eds_version = stream.status()[&TypeUrl::ClusterLoadAssignment]
+            .acked_version
+            .clone();
+        stream.on_sotw_request(&sotw(
+            TypeUrl::ClusterLoadAssignment,
+            &["a", "b"],
+            &eds_version,
+            "",
+        ));
+        let eds = sotw_responses(stream.poll(&next));
+        assert_eq!(short(&eds), [("EDS", 1)], "only b: the Envoy has a's");
+        ack(&mut stream, &eds[0], &["a", "b"]);
+        let rds = sotw_responses(stream.poll(&next));
+        assert_eq!(short(&rds), [("RDS", 1)]);
+        assert!(
+            stream.poll(&next).is_empty(),
+            "a stays until the new route is ACKed"
+        );
+        ack(&mut stream, &rds[0], &["r"]);
+        let cds = sotw_responses(stream.poll(&next));
+        assert_eq!(
+            short(&cds),
+            [("CDS", 1)],
+            "a goes once no route can name it"
+        );
+    }
+
+    #[test]
+    fn sotw_reconnect_keeps_held_clusters_when_its_cds_version_is_not_the_snapshots() {
+        let old = base();
+        let next = moved();
+        let previous = converged(&old);
+        let versions = previous.status();
+        let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
+        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "from-another-replica", ""));
+        stream.on_sotw_request(&sotw(
+            TypeUrl::ClusterLoadAssignment,
+            &["a"],
+            &versions[&TypeUrl::ClusterLoadAssignment].acked_version,
+            "",
+        ));
+        stream.on_sotw_request(&sotw(TypeUrl::RouteConfiguration, &["r"], "unknown", ""));
+        stream.reconnected();
+        assert_eq!(stream.clusters_to_look_up(&next), ["a"]);
+        stream.keep_clusters(vec![ClusterResources {
+            cluster: old.resources(Group::All, TypeUrl::Cluster)["a"].clone(),
+            endpoints: Some(old.resources(Group::All, TypeUrl::ClusterLoadAssignment)["a"].clone()),
+        }]);
+        let responses = sotw_responses(stream.poll(&next));
+        assert_eq!(
+            short(&responses),
+            [("CDS", 2), ("EDS", 1)],
+            "a is kept beside b, and sent with its endpoints since it may have changed"
+        );
+    }
+
+    #[test]
+    fn sotw_reconnect_without_routes_removes_what_the_snapshot_lacks() {
+        let old = base();
+        let next = moved();
+        let versions = converged(&old).status();
+        let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
+        stream.on_sotw_request(&sotw(
+            TypeUrl::Cluster,
+            &[],
+            &versions[&TypeUrl::Cluster].acked_version,
+            "",
+        ));
+        stream.reconnected();
+        assert!(stream.clusters_to_look_up(&next).is_empty());
+        let cds = sotw_responses(stream.poll(&next));
+        assert_eq!(short(&cds), [("CDS", 1)], "no route can name a");
     }
 }

@@ -43,9 +43,11 @@ pub mod conformance;
 pub mod envoy;
 pub mod images;
 pub mod manifests;
+pub mod restart;
 pub mod sluice;
 pub mod stack;
 pub mod tls;
+pub mod traffic;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
