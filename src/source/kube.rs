@@ -688,7 +688,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_delivered_before_every_watch_has_listed() {
-        let mut follower = follower(&["Ingress", "Service"]);
+        let follower = follower(&["Ingress", "Service"]);
         let events: Vec<Tagged> = vec![
             (1, Ok(Event::Init)),
             (1, Ok(Event::InitApply(service("a")))),
