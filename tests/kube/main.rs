@@ -133,6 +133,7 @@ fn run_in_namespaces() -> ExitCode {
             "--net",
             "--pid",
             "--fork",
+            "--mount-proc",
             "--kill-child",
             "sh",
             "-c",
