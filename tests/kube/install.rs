@@ -94,7 +94,7 @@ pub async fn install_knative(cluster: &'static Cluster) {
 }
 
 /// A token of ServiceAccount `namespace/sluice`.
-async fn service_account_token(scene: &Scene) -> String {
+async fn service_account_token(scene: &Scene<'_>) -> String {
     let accounts: Api<ServiceAccount> = Api::namespaced(scene.applier.client().clone(), &scene.ns);
     let request: TokenRequest =
         serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))

@@ -20,14 +20,14 @@ pub const CONVERGE: Duration = Duration::from_secs(20);
 pub const LEASE_SECONDS: u64 = 4;
 
 /// One test's namespace, and a client that applies objects to it.
-pub struct Scene {
-    pub cluster: &'static Cluster,
+pub struct Scene<'a> {
+    pub cluster: &'a Cluster,
     pub ns: String,
     pub applier: Applier,
 }
 
-impl Scene {
-    pub async fn new(cluster: &'static Cluster, prefix: &str) -> Scene {
+impl<'a> Scene<'a> {
+    pub async fn new(cluster: &'a Cluster, prefix: &str) -> Scene<'a> {
         let ns = cluster.namespace(prefix).await;
         let applier = Applier::new(cluster.client().await).await;
         Scene {

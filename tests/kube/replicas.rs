@@ -10,7 +10,7 @@ use crate::kit::{self, LEASE_SECONDS, Scene, TrafficLoop, signal};
 use crate::support::cluster::Cluster;
 use crate::support::{Stack, StackOptions, wait_for_async};
 
-async fn holder(scene: &Scene) -> Option<String> {
+async fn holder(scene: &Scene<'_>) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(scene.applier.client().clone(), &scene.ns);
     leases
         .get_opt("sluice-leader")

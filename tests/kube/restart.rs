@@ -11,8 +11,8 @@ use crate::support::manifests::{HttpPath, Ingress, Rule, SERVICE_PORT, Split};
 
 pub async fn api_server(_shared: &'static Cluster, delta: bool) {
     // This test restarts the API server, so it gets one of its own.
-    let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start().await));
-    let scene = Scene::new(cluster, "restart").await;
+    let cluster = Cluster::start().await;
+    let scene = Scene::new(&cluster, "restart").await;
     let external = kit::backend("external");
     let internal = kit::backend("internal");
     scene
@@ -99,6 +99,4 @@ pub async fn api_server(_shared: &'static Cluster, delta: bool) {
         .await;
     let sent = traffic.finish().await;
     assert!(sent > 100, "only {sent} requests were sent");
-    drop(stack);
-    cluster.stop();
 }

@@ -322,12 +322,16 @@ impl Applier {
 }
 
 impl Cluster {
-    /// Kills the API server and etcd.
+    /// Kills the API server and etcd, and removes their files (unless `SLUICE_TEST_KEEP=1`): a
+    /// cluster shared through a `static` is never dropped.
     pub fn stop(&self) {
         self.stop_apiserver();
         let mut etcd = self.etcd.lock().unwrap_or_else(|p| p.into_inner());
         let _ = etcd.kill();
         let _ = etcd.wait();
+        if !super::keep_temp() {
+            let _ = fs::remove_dir_all(self.dir.path());
+        }
     }
 }
 
