@@ -11,6 +11,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice::bootstrap::{self, BootstrapConfig};
 use sluice::cluster::ClusterOptions;
 use sluice::install;
+use sluice::routes::RouteConfig;
 use sluice::runtime::{self, KubernetesOptions, ServeOptions, SourceOptions};
 use sluice::status::LoadBalancers;
 use sluice::status::writer::Timing;
@@ -56,6 +57,7 @@ enum Command {
     },
     Check(cli::check::CheckArgs),
     Curl(cli::curl::CurlArgs),
+    Rollout(cli::rollout::RolloutArgs),
     Completion(cli::completion::CompletionArgs),
     /// Install sluice's pieces into a cluster with server-side apply, or print them.
     Install {
@@ -68,8 +70,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum InstallCommand {
-    /// The Knative `Ingress` and legacy `ClusterIngress` CRDs, for clusters without Knative
-    /// Serving.
+    /// The Knative `Ingress` and legacy `ClusterIngress` CRDs, and Serving's `Route` and
+    /// `Configuration` (for `serve --serve-routes`), for clusters without Knative Serving.
     Crds(InstallArgs),
 }
 
@@ -141,6 +143,19 @@ struct ServeArgs {
     /// Only ingresses whose class annotation names this are served.
     #[arg(long, default_value = DEFAULT_CLASS)]
     ingress_class: String,
+    /// Kubernetes mode: also serve Knative Serving's Routes (and write their status), for
+    /// clusters without Knative Serving; where Serving runs, its controller makes the Ingresses.
+    /// File mode always serves the Routes of its manifests.
+    #[arg(long)]
+    serve_routes: bool,
+    /// The domain of Routes' hosts (`<route>.<namespace>.<domain>`) where Knative's
+    /// `config-domain` ConfigMap does not say otherwise.
+    #[arg(long, default_value = "example.com")]
+    domain: String,
+    /// Route a Route's requests with `Knative-Serving-Tag: <tag>` to that tag's revision, as
+    /// Knative's `config-features` `tag-header-based-routing: enabled` does.
+    #[arg(long)]
+    tag_header_routing: bool,
 }
 
 /// How to reach a cluster, as kubectl spells it.
@@ -175,6 +190,7 @@ impl ServeArgs {
                     lease_duration: Duration::from_secs(self.lease_duration),
                     startup_grace: Duration::from_secs(self.startup_grace),
                 },
+                serve_routes: self.serve_routes,
             }),
         };
         ServeOptions {
@@ -200,6 +216,12 @@ impl ServeArgs {
                 &self.internal_proxy,
                 &self.cluster_domain,
             ),
+            routes: RouteConfig {
+                domain: self.domain.clone(),
+                cluster_domain: self.cluster_domain.clone(),
+                ingress_class: self.ingress_class.clone(),
+                tag_header_routing: self.tag_header_routing,
+            },
         }
     }
 }
@@ -264,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Proxy { what } => cli::proxy::run(what).await,
         Command::Check(args) => cli::check::run(args).await,
         Command::Curl(args) => cli::curl::run(args).await,
+        Command::Rollout(args) => cli::rollout::run(args).await,
         Command::Completion(args) => cli::completion::run(args, Cli::command()),
         Command::Install {
             what: InstallCommand::Crds(args),

@@ -1,5 +1,5 @@
-//! The operator commands (`get`, `proxy`, `check`, `curl`, `completion`). Each gets its data
-//! from a [`Backend`]: today the local one, a running `sluice serve`/`sluice up` reached
+//! The operator commands (`get`, `proxy`, `check`, `curl`, `completion`, `rollout`). Each gets
+//! its data from a [`Backend`]: today the local one, a running `sluice serve`/`sluice up` reached
 //! through its admin API; a cluster backend (the API server, port-forwards to sluice and proxy
 //! pods) goes beside it as another variant.
 
@@ -8,6 +8,8 @@ pub mod completion;
 pub mod curl;
 pub mod get;
 pub mod proxy;
+pub mod rollout;
+pub mod route;
 
 mod http;
 mod local;
@@ -16,6 +18,7 @@ mod output;
 
 use clap::Args;
 
+use sluice::routes::status::RouteView;
 use sluice::status::IngressView;
 
 pub use model::{Envoy, Health, Proxy, ServedConfig, ServedTarget};
@@ -46,6 +49,19 @@ impl Backend {
     pub async fn ingresses(&self) -> anyhow::Result<Vec<IngressView>> {
         match self {
             Backend::Local(local) => local.ingresses().await,
+        }
+    }
+
+    pub async fn routes(&self) -> anyhow::Result<Vec<RouteView>> {
+        match self {
+            Backend::Local(local) => local.routes().await,
+        }
+    }
+
+    /// The names of the Services of a namespace.
+    pub async fn services(&self, namespace: &str) -> anyhow::Result<Vec<String>> {
+        match self {
+            Backend::Local(local) => local.services(namespace).await,
         }
     }
 

@@ -1,5 +1,6 @@
-//! What `sluice install` puts in a cluster: the Knative ingress CRDs, generated from sluice's
-//! own types; printed as YAML, or applied with server-side apply.
+//! What `sluice install` puts in a cluster: the Knative ingress CRDs and Serving's Route and
+//! Configuration CRDs, generated from sluice's own types; printed as YAML, or applied with
+//! server-side apply.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -7,7 +8,9 @@ use kube::discovery::{Discovery, Scope};
 use kube::{Client, CustomResourceExt};
 use serde::Serialize;
 
-use crate::knative::{ClusterIngressResource, IngressResource};
+use crate::knative::{
+    ClusterIngressResource, ConfigurationResource, IngressResource, RouteResource,
+};
 
 /// The field manager of everything sluice applies.
 const MANAGER: &str = "sluice-install";
@@ -94,12 +97,19 @@ pub async fn apply<T: Serialize>(client: &Client, objects: &[T]) -> Result<(), I
     Ok(())
 }
 
-/// The `Ingress` and legacy `ClusterIngress` CRDs (networking.internal.knative.dev/v1alpha1).
+/// The `Ingress` and legacy `ClusterIngress` CRDs (networking.internal.knative.dev/v1alpha1),
+/// and the `Route` and `Configuration` CRDs (serving.knative.dev/v1) that `serve
+/// --serve-routes` reads where Knative Serving is not installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [IngressResource::crd(), ClusterIngressResource::crd()]
-        .into_iter()
-        .map(tidy)
-        .collect()
+    [
+        IngressResource::crd(),
+        ClusterIngressResource::crd(),
+        RouteResource::crd(),
+        ConfigurationResource::crd(),
+    ]
+    .into_iter()
+    .map(tidy)
+    .collect()
 }
 
 /// The schema as Knative means it: no defaults the API server would write into stored objects
@@ -143,12 +153,14 @@ mod tests {
             names,
             [
                 "ingresses.networking.internal.knative.dev",
-                "clusteringresses.networking.internal.knative.dev"
+                "clusteringresses.networking.internal.knative.dev",
+                "routes.serving.knative.dev",
+                "configurations.serving.knative.dev",
             ]
         );
         assert_eq!(crds[0].spec.scope, "Namespaced");
         assert_eq!(crds[1].spec.scope, "Cluster");
-        for crd in &crds {
+        for crd in &crds[..2] {
             let version = &crd.spec.versions[0];
             assert_eq!(version.name, "v1alpha1");
             assert!(version.subresources.as_ref().unwrap().status.is_some());
@@ -156,5 +168,21 @@ mod tests {
             assert!(!schema.contains("\"default\""), "{schema}");
             assert!(schema.contains("x-kubernetes-int-or-string"), "{schema}");
         }
+        for crd in &crds[2..] {
+            let version = &crd.spec.versions[0];
+            assert_eq!(version.name, "v1");
+            assert_eq!(crd.spec.scope, "Namespaced");
+            assert!(version.subresources.as_ref().unwrap().status.is_some());
+        }
+        let route = serde_json::to_string(&crds[2].spec.versions[0].schema).unwrap();
+        assert!(
+            route.contains("revisionName") && !route.contains("\"name\":{"),
+            "v1 has no per-target name: {route}"
+        );
+        let configuration = serde_json::to_string(&crds[3].spec.versions[0].schema).unwrap();
+        assert!(
+            configuration.contains("x-kubernetes-preserve-unknown-fields"),
+            "{configuration}"
+        );
     }
 }
