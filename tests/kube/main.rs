@@ -15,6 +15,7 @@ mod support;
 mod kit;
 mod replicas;
 mod restart;
+mod routes;
 mod status;
 mod sync;
 
@@ -98,6 +99,14 @@ fn trials() -> Vec<Trial> {
         restart::api_server,
     ));
     trials.extend(in_both("replicas::leader_hand_over", replicas::hand_over));
+    trials.extend(in_both(
+        "routes::served_with_status_and_rollout",
+        routes::served_with_status,
+    ));
+    trials.extend(in_both(
+        "routes::foreign_ingress_wins",
+        routes::foreign_ingress_wins,
+    ));
     trials
 }
 
