@@ -107,6 +107,10 @@ fn trials() -> Vec<Trial> {
         "routes::foreign_ingress_wins",
         routes::foreign_ingress_wins,
     ));
+    trials.extend(in_both(
+        "routes::rollout_through_owning_service",
+        routes::rollout_through_owning_service,
+    ));
     trials
 }
 

@@ -1,8 +1,10 @@
 //! `--serve-routes`: a Route applied through the real API server is served through Envoy and
-//! its status written there, `sluice rollout` patches it there, and an Ingress another
-//! controller made under a Route's name is served as it is, its Route left alone.
+//! its status written there, `sluice rollout` patches it there (or the Knative Service that
+//! owns it), and an Ingress another controller made under a Route's name is served as it is,
+//! its Route left alone.
 
 use kube::Api;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sluice::knative::{RouteResource, RouteStatus};
 
@@ -249,4 +251,141 @@ pub async fn foreign_ingress_wins(cluster: &'static Cluster, delta: bool) {
         "the Route of an Ingress sluice did not make is left to its controller: {:?}",
         untouched.status
     );
+}
+
+/// A minimal CRD for Knative Serving's `Service`, which this cluster lacks: enough to own a
+/// Route and hold `spec.traffic`.
+fn knative_service_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "services.serving.knative.dev"},
+        "spec": {
+            "group": "serving.knative.dev",
+            "names": {"kind": "Service", "plural": "services", "singular": "service", "shortNames": ["ksvc"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+            }],
+        },
+    })
+}
+
+fn knative_services(scene: &Scene) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "serving.knative.dev".into(),
+        version: "v1".into(),
+        api_version: "serving.knative.dev/v1".into(),
+        kind: "Service".into(),
+        plural: "services".into(),
+    };
+    Api::namespaced_with(scene.applier.client().clone(), &scene.ns, &resource)
+}
+
+pub async fn rollout_through_owning_service(cluster: &'static Cluster, delta: bool) {
+    let scene = Scene::new(cluster, "routes-ksvc").await;
+    let blue = kit::backend("hello-00001");
+    let green = kit::backend("hello-00002");
+    scene
+        .apply(&scene.service("hello-00001", blue.addr()))
+        .await;
+    scene
+        .apply(&scene.service("hello-00002", green.addr()))
+        .await;
+    scene.apply(&[knative_service_crd()]).await;
+    let services = knative_services(&scene);
+    let traffic = json!([{"revisionName": "hello-00001", "percent": 100}]);
+    let service: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "hello", "namespace": scene.ns},
+        "spec": {"traffic": traffic},
+    }))
+    .unwrap();
+    let created = poll_until(CONVERGE, async || {
+        services.create(&PostParams::default(), &service).await.ok()
+    })
+    .await
+    .expect("the Knative Service CRD is served and the Service created");
+    let mut owned = route(&scene, "hello", traffic);
+    owned["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "name": "hello",
+        "uid": created.metadata.uid,
+        "controller": true,
+    }]);
+    scene.apply(&[owned]).await;
+    let stack = Stack::start_on(
+        scene.sluice(&["--serve-routes"]),
+        StackOptions {
+            delta,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    wait_route(&scene, "hello", "Ready=True", |_, status| {
+        ready(status) == Some("True")
+    })
+    .await;
+
+    // Knative Serving's part, which this cluster lacks: the Service's traffic goes to its Route.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let serving = {
+        let (services, routes) = (services.clone(), routes(&scene));
+        tokio::spawn(async move {
+            while !*stopped.borrow_and_update() {
+                if let Ok(service) = services.get("hello").await {
+                    let patch = json!({"spec": {"traffic": service.data["spec"]["traffic"]}});
+                    let _ = routes
+                        .patch("hello", &PatchParams::default(), &Patch::Merge(patch))
+                        .await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let output = run_cli(&[
+        "rollout",
+        "hello",
+        "-n",
+        &scene.ns,
+        "--traffic",
+        "hello-00001=20,hello-00002=80",
+        "--kubeconfig",
+        &kubeconfig,
+    ])
+    .await;
+    stop.send_replace(true);
+    serving.await.expect("the Serving stand-in panicked");
+    assert!(output.success, "rollout failed: {output:?}");
+    assert!(
+        output.stderr.contains("patched Knative Service"),
+        "{}",
+        output.stderr
+    );
+    let service = services.get("hello").await.unwrap();
+    assert_eq!(
+        service.data["spec"]["traffic"],
+        json!([
+            {"revisionName": "hello-00001", "percent": 20},
+            {"revisionName": "hello-00002", "percent": 80},
+        ])
+    );
+    let served = routes(&scene).get("hello").await.unwrap();
+    assert_eq!(
+        split(served.status.as_ref().unwrap()),
+        [
+            ("hello-00001".to_owned(), 20),
+            ("hello-00002".to_owned(), 80)
+        ]
+    );
+    let host = format!("hello.{}.example.com", scene.ns);
+    stack
+        .get_until(stack.http_addr(), &host, "/", CONVERGE, |r| {
+            r.backend() == Some("hello-00002")
+        })
+        .await;
 }
