@@ -500,9 +500,14 @@ async fn configuration_resolution(delta: bool) {
     let revisions = Revisions::start(&["hello-00001", "hello-00002", "other-00001"]).await;
     let dir = ManifestDir::new();
     dir.write("revisions.yaml", &revisions.services());
+    // The older v1alpha1 shape: a target's `name` is its tag.
     dir.write(
         "other.yaml",
-        &route("other", "[{revisionName: other-00001, percent: 100}]"),
+        &route(
+            "other",
+            "[{name: current, revisionName: other-00001, percent: 100}]",
+        )
+        .replace("serving.knative.dev/v1\n", "serving.knative.dev/v1alpha1\n"),
     );
     dir.write(
         "route.yaml",
@@ -539,6 +544,8 @@ async fn configuration_resolution(delta: bool) {
         Some("other-00001"),
         "other Routes are unaffected"
     );
+    let tagged = stack.get("current-other.routes.example.com", "/").await;
+    assert_eq!(tagged.backend(), Some("other-00001"));
     assert_eq!(stack.get("hello.routes.example.com", "/").await.status, 404);
 
     let configuration = |revision: &str| {

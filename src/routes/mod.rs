@@ -612,6 +612,20 @@ mod tests {
             "{tag-header-based-routing: Enabled}",
         )]);
         assert_eq!(upserted(&output), ["a"]);
+        let output = routes.configure(RouteConfig {
+            tag_header_routing: true,
+            ..RouteConfig::new(CLASS)
+        });
+        assert!(
+            output.events.is_empty(),
+            "the flag changes nothing while the feature is on"
+        );
+        let output = routes.apply(vec![map("config-features", "{}")]);
+        assert!(
+            output.events.is_empty(),
+            "the flag keeps it on: {:?}",
+            output.events
+        );
         let output = routes.apply(vec![map("config-domain", "{bad.example: 'selector: ['}")]);
         assert!(output.events.is_empty());
         assert_eq!(output.warnings.len(), 1, "{:?}", output.warnings);
