@@ -13,8 +13,9 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use crate::engine::Engine;
-use crate::knative::Visibility;
+use crate::knative::{TrafficTarget, Visibility};
 use crate::metrics::Metrics;
+use crate::routes::status::RouteView;
 use crate::status::writer::OtherReplicas;
 use crate::status::{Condition, Envoys, IngressStatus, IngressView, LoadBalancer, RuleView};
 use crate::translate::{ListenerKind, TranslateConfig};
@@ -54,6 +55,15 @@ impl AdminState {
         let proxies = self.registry.proxies();
         let others = self.others.current();
         self.engine().ingresses(Envoys {
+            local: &proxies,
+            remote: &others,
+        })
+    }
+
+    pub fn routes(&self) -> Vec<RouteView> {
+        let proxies = self.registry.proxies();
+        let others = self.others.current();
+        self.engine().routes(Envoys {
             local: &proxies,
             remote: &others,
         })
@@ -317,6 +327,22 @@ impl api::admin_server::Admin for AdminState {
         };
         Ok(tonic::Response::new(response))
     }
+
+    async fn list_routes(
+        &self,
+        _request: tonic::Request<api::ListRoutesRequest>,
+    ) -> Result<tonic::Response<api::ListRoutesResponse>, tonic::Status> {
+        let routes = self.routes().into_iter().map(api::Route::from).collect();
+        Ok(tonic::Response::new(api::ListRoutesResponse { routes }))
+    }
+
+    async fn list_services(
+        &self,
+        request: tonic::Request<api::ListServicesRequest>,
+    ) -> Result<tonic::Response<api::ListServicesResponse>, tonic::Status> {
+        let names = self.engine().service_names(&request.into_inner().namespace);
+        Ok(tonic::Response::new(api::ListServicesResponse { names }))
+    }
 }
 
 fn sync_name(sync: SyncStatus) -> &'static str {
@@ -368,6 +394,7 @@ impl From<IngressView> for api::Ingress {
                 .collect(),
             labels: view.labels.into_iter().collect(),
             creation_timestamp: view.creation_timestamp.unwrap_or_default(),
+            owner: view.owner.unwrap_or_default(),
         }
     }
 }
@@ -398,6 +425,7 @@ impl From<api::Ingress> for IngressView {
                 .collect(),
             labels: ingress.labels.into_iter().collect(),
             creation_timestamp: Some(ingress.creation_timestamp).filter(|t| !t.is_empty()),
+            owner: Some(ingress.owner).filter(|owner| !owner.is_empty()),
             status: IngressStatus {
                 conditions: ingress
                     .conditions
@@ -412,6 +440,88 @@ impl From<api::Ingress> for IngressView {
                 public_load_balancer: balancers(ingress.public_load_balancers),
                 private_load_balancer: balancers(ingress.private_load_balancers),
             },
+        }
+    }
+}
+
+impl From<TrafficTarget> for api::TrafficTarget {
+    fn from(target: TrafficTarget) -> Self {
+        api::TrafficTarget {
+            tag: target.tag,
+            revision_name: target.revision_name,
+            configuration_name: target.configuration_name,
+            latest_revision: target.latest_revision,
+            percent: target.percent,
+            url: target.url.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<api::TrafficTarget> for TrafficTarget {
+    fn from(target: api::TrafficTarget) -> Self {
+        TrafficTarget {
+            tag: target.tag,
+            revision_name: target.revision_name,
+            configuration_name: target.configuration_name,
+            latest_revision: target.latest_revision,
+            percent: target.percent,
+            url: Some(target.url).filter(|url| !url.is_empty()),
+            ..TrafficTarget::default()
+        }
+    }
+}
+
+impl From<RouteView> for api::Route {
+    fn from(view: RouteView) -> Self {
+        api::Route {
+            namespace: view.namespace,
+            name: view.name,
+            url: view.url.unwrap_or_default(),
+            address_url: view.address_url.unwrap_or_default(),
+            traffic: view.traffic.into_iter().map(Into::into).collect(),
+            spec_traffic: view.spec_traffic.into_iter().map(Into::into).collect(),
+            conditions: view
+                .conditions
+                .into_iter()
+                .map(|c| api::Condition {
+                    r#type: c.kind,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                })
+                .collect(),
+            generation: view.generation,
+            creation_timestamp: view.creation_timestamp.unwrap_or_default(),
+            origin: view.origin.unwrap_or_default(),
+            ingress: view.ingress.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<api::Route> for RouteView {
+    fn from(route: api::Route) -> Self {
+        let present = |text: String| Some(text).filter(|t| !t.is_empty());
+        RouteView {
+            namespace: route.namespace,
+            name: route.name,
+            url: present(route.url),
+            address_url: present(route.address_url),
+            traffic: route.traffic.into_iter().map(Into::into).collect(),
+            spec_traffic: route.spec_traffic.into_iter().map(Into::into).collect(),
+            conditions: route
+                .conditions
+                .into_iter()
+                .map(|c| Condition {
+                    kind: c.r#type,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                })
+                .collect(),
+            generation: route.generation,
+            creation_timestamp: present(route.creation_timestamp),
+            origin: present(route.origin),
+            ingress: present(route.ingress),
         }
     }
 }

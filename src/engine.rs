@@ -6,15 +6,18 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::knative::{self, IngressKey};
+use crate::knative::{self, IngressKey, IngressKind};
 use crate::metrics::Metrics;
+use crate::routes::status::{Context, RouteView};
+use crate::routes::{self, RouteConfig, Routes};
 use crate::status::{self, Envoys, IngressView, LoadBalancers};
 use crate::translate::{TranslateConfig, Translator};
 use crate::world::IngressProblem;
-use crate::world::{Kept, SourceEvent, World};
+use crate::world::{Kept, NsName, SourceEvent, World};
 use crate::xds::{ClusterResources, Snapshot, SnapshotFeed};
 
 pub struct Engine {
+    routes: Routes,
     world: World,
     translator: Translator,
     snapshot: Snapshot,
@@ -40,6 +43,7 @@ impl Engine {
     ) -> (Engine, SnapshotFeed) {
         let (publisher, feed) = watch::channel(None);
         let engine = Engine {
+            routes: Routes::new(RouteConfig::new(ingress_class)),
             world: World::new(ingress_class),
             translator: Translator::new(config),
             snapshot: Snapshot::default(),
@@ -54,7 +58,28 @@ impl Engine {
     /// initial state: only from then on is anything served.
     pub fn apply(&mut self, events: Vec<SourceEvent>, complete: bool) -> BatchReport {
         let started = Instant::now();
-        let changes = self.world.apply(events);
+        let staged = self.routes.apply(events);
+        self.apply_staged(staged, complete, started)
+    }
+
+    /// Sets how Routes become Ingresses (domain, tag-header routing, class).
+    pub fn configure_routes(&mut self, config: RouteConfig) {
+        let started = Instant::now();
+        let staged = self.routes.configure(config);
+        let complete = self.ready();
+        self.apply_staged(staged, complete, started);
+    }
+
+    fn apply_staged(
+        &mut self,
+        staged: routes::StageOutput,
+        complete: bool,
+        started: Instant,
+    ) -> BatchReport {
+        for warning in &staged.warnings {
+            tracing::warn!("{warning}");
+        }
+        let changes = self.world.apply(staged.events);
         let updates = self.translator.apply(&self.world, &changes);
         let translation = started.elapsed();
         self.metrics
@@ -80,6 +105,7 @@ impl Engine {
 
     /// What the source could not read this time, and which of its origins read cleanly again.
     pub fn note_source_health(&mut self, kept: Vec<Kept>, healthy: &[String]) {
+        self.routes.note_source_health(&kept, healthy);
         self.world.note_source_health(kept, healthy);
     }
 
@@ -125,7 +151,10 @@ impl Engine {
         each: &mut dyn FnMut(&IngressKey, knative::IngressStatus, Option<&knative::IngressStatus>),
     ) {
         for (key, entry) in &self.world.ingresses {
-            if matches!(entry.problem, Some(IngressProblem::NotOwned { .. })) {
+            // A Route's Ingress lives only here: its Route's status reports on it instead.
+            if matches!(entry.problem, Some(IngressProblem::NotOwned { .. }))
+                || self.routes.owner_of(key).is_some()
+            {
                 continue;
             }
             let observed = entry.latest.status.as_ref();
@@ -135,6 +164,67 @@ impl Engine {
                 observed,
                 now,
             );
+            each(key, wanted, observed);
+        }
+    }
+
+    /// The names of the Services of a namespace, in order.
+    pub fn service_names(&self, namespace: &str) -> Vec<String> {
+        self.world
+            .services
+            .keys()
+            .filter(|key| key.namespace == namespace)
+            .map(|key| key.name.clone())
+            .collect()
+    }
+
+    /// Every Route known, with its status.
+    pub fn routes(&self, envoys: Envoys) -> Vec<RouteView> {
+        self.routes
+            .entries()
+            .keys()
+            .map(|key| self.route_view(key, envoys))
+            .collect()
+    }
+
+    fn route_view(&self, key: &NsName, envoys: Envoys) -> RouteView {
+        let ingress_key = IngressKey {
+            kind: IngressKind::Ingress,
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        };
+        let ingress = self
+            .routes
+            .owner_of(&ingress_key)
+            .filter(|_| self.world.ingresses.contains_key(&ingress_key))
+            .map(|_| self.view(&ingress_key, envoys));
+        routes::status::view(
+            key,
+            &self.routes.entries()[key],
+            Context {
+                settings: self.routes.settings(),
+                ingress: ingress.as_ref(),
+                yields: self.routes.yields(key),
+                unreadable: self.routes.kept_problem(key),
+            },
+        )
+    }
+
+    /// Calls `each` with every Route whose Ingress sluice makes, the status Knative's route
+    /// reconciler would give it now, and the status the source last saw on it.
+    pub fn route_statuses(
+        &self,
+        envoys: Envoys,
+        now: &str,
+        each: &mut dyn FnMut(&NsName, knative::RouteStatus, Option<&knative::RouteStatus>),
+    ) {
+        for (key, entry) in self.routes.entries() {
+            if self.routes.yields(key) {
+                continue;
+            }
+            let observed = entry.latest.status.as_ref();
+            let wanted =
+                routes::status::knative_status(&self.route_view(key, envoys), observed, now);
             each(key, wanted, observed);
         }
     }

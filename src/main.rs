@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice::bootstrap::{self, BootstrapConfig};
+use sluice::routes::RouteConfig;
 use sluice::runtime::{self, KubernetesOptions, ServeOptions, SourceOptions};
 use sluice::status::LoadBalancers;
 use sluice::status::writer::Timing;
@@ -57,6 +58,7 @@ enum Command {
     },
     Check(cli::check::CheckArgs),
     Curl(cli::curl::CurlArgs),
+    Rollout(cli::rollout::RolloutArgs),
     Completion(cli::completion::CompletionArgs),
     /// Install sluice's pieces into a cluster with server-side apply, or print them.
     Install {
@@ -126,6 +128,19 @@ struct ServeArgs {
     /// Only ingresses whose class annotation names this are served.
     #[arg(long, default_value = DEFAULT_CLASS)]
     ingress_class: String,
+    /// Kubernetes mode: also serve Knative Serving's Routes (and write their status), for
+    /// clusters without Knative Serving; where Serving runs, its controller makes the Ingresses.
+    /// File mode always serves the Routes of its manifests.
+    #[arg(long)]
+    serve_routes: bool,
+    /// The domain of Routes' hosts (`<route>.<namespace>.<domain>`) where Knative's
+    /// `config-domain` ConfigMap does not say otherwise.
+    #[arg(long, default_value = "example.com")]
+    domain: String,
+    /// Route a Route's requests with `Knative-Serving-Tag: <tag>` to that tag's revision, as
+    /// Knative's `config-features` `tag-header-based-routing: enabled` does.
+    #[arg(long)]
+    tag_header_routing: bool,
 }
 
 impl ServeArgs {
@@ -140,6 +155,7 @@ impl ServeArgs {
                     lease_duration: Duration::from_secs(self.lease_duration),
                     startup_grace: Duration::from_secs(self.startup_grace),
                 },
+                serve_routes: self.serve_routes,
             }),
         };
         ServeOptions {
@@ -165,6 +181,12 @@ impl ServeArgs {
                 &self.internal_proxy,
                 &self.cluster_domain,
             ),
+            routes: RouteConfig {
+                domain: self.domain.clone(),
+                cluster_domain: self.cluster_domain.clone(),
+                ingress_class: self.ingress_class.clone(),
+                tag_header_routing: self.tag_header_routing,
+            },
         }
     }
 }
@@ -229,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Proxy { what } => cli::proxy::run(what).await,
         Command::Check(args) => cli::check::run(args).await,
         Command::Curl(args) => cli::curl::run(args).await,
+        Command::Rollout(args) => cli::rollout::run(args).await,
         Command::Completion(args) => cli::completion::run(args, Cli::command()),
         Command::Install { what } => cli::install::run(what).await,
         Command::Version => {

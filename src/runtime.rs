@@ -16,10 +16,12 @@ use crate::cluster::{ClusterError, ClusterOptions};
 use crate::engine::Engine;
 use crate::knative::IngressKey;
 use crate::metrics::Metrics;
+use crate::routes::RouteConfig;
 use crate::source::Batches;
 use crate::source::file::{self, FileSourceError};
 use crate::source::kube::{self, KubeSourceError, KubeSourceOptions};
 use crate::status::replicas::ReplicaReport;
+use crate::status::route_writer::{RouteStatusSource, RouteStatusWriter};
 use crate::status::writer::{StatusSource, StatusWriter, Timing, WriterConfig, WriterError};
 use crate::status::{Envoys, LoadBalancers};
 use crate::translate::TranslateConfig;
@@ -42,6 +44,8 @@ pub struct KubernetesOptions {
     /// sluice's own namespace: its Lease and its replicas' reports.
     pub system_namespace: String,
     pub timing: Timing,
+    /// Also serve Knative Serving's Routes, and write their status (`--serve-routes`).
+    pub serve_routes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +60,8 @@ pub struct ServeOptions {
     pub ingress_class: String,
     pub translate: TranslateConfig,
     pub balancers: LoadBalancers,
+    /// How Routes become Ingresses.
+    pub routes: RouteConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,18 +99,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
-    let (engine, feed) = Engine::new(
+    let (mut engine, feed) = Engine::new(
         &options.ingress_class,
         options.translate.clone(),
         options.balancers.clone(),
         metrics.clone(),
     );
+    engine.configure_routes(options.routes.clone());
     let engine = Arc::new(Mutex::new(engine));
     let registry = Arc::new(ProxyRegistry::new(options.replica.clone()));
     let xds_listener = bind(options.xds_addr, "xds").await?;
     let admin_listener = bind(options.admin_addr, "admin").await?;
 
     let (changed, _) = watch::channel(());
+    let mut route_writer = None;
     let (batches, writer, described) = match &options.source {
         SourceOptions::Files { dir } => {
             (file::watch(dir.clone())?, None, dir.display().to_string())
@@ -116,6 +124,7 @@ pub async fn serve(
                 KubeSourceOptions {
                     namespaces: kubernetes.namespaces.clone(),
                     ingress_class: options.ingress_class.clone(),
+                    serve_routes: kubernetes.serve_routes,
                 },
             )
             .await?;
@@ -124,18 +133,28 @@ pub async fn serve(
                 registry: registry.clone(),
             });
             let writer = StatusWriter::start(
-                client,
+                client.clone(),
                 WriterConfig {
                     namespace: kubernetes.system_namespace.clone(),
                     replica: options.replica.clone(),
                     lease_name: "sluice-leader".to_owned(),
                     timing: kubernetes.timing,
                 },
-                served,
+                served.clone(),
                 changed.subscribe(),
                 metrics.clone(),
             )
             .await?;
+            if kubernetes.serve_routes {
+                route_writer = Some(RouteStatusWriter::start(
+                    client,
+                    served,
+                    writer.others.clone(),
+                    (writer.leader.clone(), changed.subscribe()),
+                    kubernetes.timing.startup_grace,
+                    metrics.clone(),
+                ));
+            }
             (batches, Some(writer), "the API server".to_owned())
         }
     };
@@ -202,6 +221,9 @@ pub async fn serve(
             None
         }
     };
+    if let Some(route_writer) = route_writer {
+        route_writer.stop();
+    }
     if let Some(writer) = writer {
         writer.shutdown().await;
     }
@@ -291,6 +313,26 @@ impl StatusSource for Served {
     fn local_report(&self, replica: &str) -> ReplicaReport {
         let proxies = self.registry.proxies();
         self.engine().local_report(replica, &proxies)
+    }
+}
+
+impl RouteStatusSource for Served {
+    fn route_statuses(
+        &self,
+        others: &[ReplicaReport],
+        now: &str,
+        each: &mut dyn FnMut(
+            &crate::world::NsName,
+            crate::knative::RouteStatus,
+            Option<&crate::knative::RouteStatus>,
+        ),
+    ) {
+        let proxies = self.registry.proxies();
+        let envoys = Envoys {
+            local: &proxies,
+            remote: others,
+        };
+        self.engine().route_statuses(envoys, now, each);
     }
 }
 

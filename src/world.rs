@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
-use crate::knative::{Ingress, IngressKey, IngressKind, ValidationError};
+use crate::knative::{Configuration, Ingress, IngressKey, IngressKind, Route, ValidationError};
 
 /// The label an `EndpointSlice` uses to name its `Service`.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -35,7 +35,8 @@ impl std::fmt::Display for NsName {
     }
 }
 
-/// One object a source delivers.
+/// One object a source delivers. Routes, Configurations and ConfigMaps become Ingresses
+/// before the world (see [`crate::routes`]), which does not hold them.
 #[derive(Debug, Clone)]
 pub enum Object {
     Ingress(IngressKind, Box<Ingress>),
@@ -43,6 +44,9 @@ pub enum Object {
     Endpoints(Box<Endpoints>),
     EndpointSlice(Box<EndpointSlice>),
     Secret(Box<Secret>),
+    Route(Box<Route>),
+    Configuration(Box<Configuration>),
+    ConfigMap(Box<ConfigMap>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,6 +56,9 @@ pub enum ObjectKey {
     Endpoints(NsName),
     EndpointSlice(NsName),
     Secret(NsName),
+    Route(NsName),
+    Configuration(NsName),
+    ConfigMap(NsName),
 }
 
 impl std::fmt::Display for ObjectKey {
@@ -62,6 +69,9 @@ impl std::fmt::Display for ObjectKey {
             ObjectKey::Endpoints(key) => write!(f, "Endpoints/{key}"),
             ObjectKey::EndpointSlice(key) => write!(f, "EndpointSlice/{key}"),
             ObjectKey::Secret(key) => write!(f, "Secret/{key}"),
+            ObjectKey::Route(key) => write!(f, "Route/{key}"),
+            ObjectKey::Configuration(key) => write!(f, "Configuration/{key}"),
+            ObjectKey::ConfigMap(key) => write!(f, "ConfigMap/{key}"),
         }
     }
 }
@@ -85,6 +95,15 @@ impl Object {
             Object::Endpoints(o) => ObjectKey::Endpoints(meta_key(&o.metadata)),
             Object::EndpointSlice(o) => ObjectKey::EndpointSlice(meta_key(&o.metadata)),
             Object::Secret(o) => ObjectKey::Secret(meta_key(&o.metadata)),
+            Object::Route(o) => ObjectKey::Route(NsName::new(
+                o.metadata.namespace.clone(),
+                o.metadata.name.clone(),
+            )),
+            Object::Configuration(o) => ObjectKey::Configuration(NsName::new(
+                o.metadata.namespace.clone(),
+                o.metadata.name.clone(),
+            )),
+            Object::ConfigMap(o) => ObjectKey::ConfigMap(meta_key(&o.metadata)),
         }
     }
 }
@@ -227,6 +246,7 @@ impl World {
                     changes.secrets.insert(key);
                 }
             }
+            (Object::Route(_) | Object::Configuration(_) | Object::ConfigMap(_), _) => {}
             (object, key) => unreachable!("Object::key gave {key} for {object:?}"),
         }
     }
@@ -258,6 +278,7 @@ impl World {
                     changes.secrets.insert(key);
                 }
             }
+            ObjectKey::Route(_) | ObjectKey::Configuration(_) | ObjectKey::ConfigMap(_) => {}
         }
     }
 

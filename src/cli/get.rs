@@ -1,4 +1,4 @@
-//! `sluice get ingress` and `sluice get proxy`.
+//! `sluice get ingress`, `sluice get route` (in `route.rs`) and `sluice get proxy`.
 
 use clap::{Args, Subcommand};
 
@@ -18,6 +18,14 @@ pub enum GetCommand {
     /// ClusterIngresses are cluster-scoped: they are listed whatever the namespace.
     #[command(alias = "ingresses", alias = "ing")]
     Ingress(IngressArgs),
+    /// Knative Routes: NAME, URL, TRAFFIC (one entry per target, `90% -> hello-00001`, a tag as
+    /// `#tag`), READY, AGE.
+    ///
+    /// The traffic is what is served: each target at its revision, a `configurationName`
+    /// target at its Configuration's latest ready revision. Locally the control plane's view
+    /// of the Routes in its manifests.
+    #[command(alias = "routes", alias = "rt")]
+    Route(super::route::RouteArgs),
     /// The proxies (Knative's external and internal gateways): their addresses, served ports,
     /// and how many Envoys of each are connected.
     ///
@@ -63,6 +71,7 @@ pub struct ProxyArgs {
 pub async fn run(command: GetCommand) -> anyhow::Result<()> {
     match command {
         GetCommand::Ingress(args) => ingress(args).await,
+        GetCommand::Route(args) => super::route::run(args).await,
         GetCommand::Proxy(args) => proxy(args).await,
     }
 }
@@ -88,6 +97,11 @@ fn ingress_table(views: &[IngressView], all_namespaces: bool, now: jiff::Timesta
     if all_namespaces {
         header.insert(0, "NAMESPACE");
     }
+    // Shown only when some listed ingress has one, such as a Route's Ingress.
+    let owners = views.iter().any(|view| view.owner.is_some());
+    if owners {
+        header.push("OWNER");
+    }
     let mut table = Table::new(&header);
     for view in views {
         let ready = view.condition("Ready");
@@ -106,6 +120,11 @@ fn ingress_table(views: &[IngressView], all_namespaces: bool, now: jiff::Timesta
         ];
         if all_namespaces {
             row.insert(0, or_dash(&view.namespace));
+        }
+        if owners {
+            row.push(or_dash(
+                &view.owner.as_deref().unwrap_or_default().to_lowercase(),
+            ));
         }
         table.row(row);
     }
@@ -140,7 +159,7 @@ fn visibility(view: &IngressView) -> String {
         .join(",")
 }
 
-fn age(created: Option<&str>, now: jiff::Timestamp) -> String {
+pub(super) fn age(created: Option<&str>, now: jiff::Timestamp) -> String {
     let Some(created) = created.and_then(|c| c.parse::<jiff::Timestamp>().ok()) else {
         return "-".to_owned();
     };
@@ -251,6 +270,7 @@ mod tests {
             ],
             labels: Default::default(),
             creation_timestamp: None,
+            owner: None,
             status: IngressStatus {
                 conditions: vec![],
                 public_load_balancer: vec![],

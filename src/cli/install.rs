@@ -12,8 +12,9 @@ use super::ClusterArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum InstallCommand {
-    /// The Knative `Ingress` and legacy `ClusterIngress` CRDs, for clusters without Knative
-    /// Serving.
+    /// The Knative `Ingress` and legacy `ClusterIngress` CRDs, and Serving's `Route` and
+    /// `Configuration` (for `serve --serve-routes`), for clusters without Knative Serving. A CRD
+    /// that is already installed by someone else (Knative Serving) is left alone.
     Crds(CrdArgs),
     /// sluice beside its two Envoy proxies in a Knative cluster: the namespace, sluice's
     /// Deployment (2 replicas) and Service, the Deployments, Services and bootstraps of
@@ -63,8 +64,14 @@ pub async fn run(command: InstallCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             let client = args.cluster.client().await?;
-            install::apply(&client, &crds).await?;
-            println!("applied {} CRDs", crds.len());
+            let (ours, foreign) = install::crds_to_apply(&client).await?;
+            for name in &foreign {
+                eprintln!(
+                    "note: {name} was installed by someone else (Knative Serving?); left as it is"
+                );
+            }
+            install::apply(&client, &ours).await?;
+            println!("applied {} CRDs", ours.len());
             Ok(())
         }
         InstallCommand::Knative(args) => knative(args).await,

@@ -7,6 +7,7 @@ use anyhow::Context;
 use tonic::transport::Channel;
 
 use sluice::admin::api::{self, admin_client::AdminClient};
+use sluice::routes::status::RouteView;
 use sluice::status::IngressView;
 
 use super::http;
@@ -62,6 +63,34 @@ impl Local {
             .into_iter()
             .map(IngressView::from)
             .collect())
+    }
+
+    pub async fn routes(&self) -> anyhow::Result<Vec<RouteView>> {
+        let response = self
+            .client
+            .clone()
+            .list_routes(api::ListRoutesRequest {})
+            .await
+            .with_context(|| self.failed("listing routes"))?;
+        Ok(response
+            .into_inner()
+            .routes
+            .into_iter()
+            .map(RouteView::from)
+            .collect())
+    }
+
+    /// The names of the Services of `namespace`.
+    pub async fn services(&self, namespace: &str) -> anyhow::Result<Vec<String>> {
+        let response = self
+            .client
+            .clone()
+            .list_services(api::ListServicesRequest {
+                namespace: namespace.to_owned(),
+            })
+            .await
+            .with_context(|| self.failed("listing services"))?;
+        Ok(response.into_inner().names)
     }
 
     async fn server(&self) -> anyhow::Result<api::Server> {

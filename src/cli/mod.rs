@@ -1,5 +1,5 @@
-//! The operator commands (`get`, `proxy`, `check`, `curl`, `completion`). Each gets its data
-//! from a [`Backend`]: today the local one, a running `sluice serve`/`sluice up` reached
+//! The operator commands (`get`, `proxy`, `check`, `curl`, `completion`, `rollout`). Each gets
+//! its data from a [`Backend`]: today the local one, a running `sluice serve`/`sluice up` reached
 //! through its admin API; a cluster backend (the API server, port-forwards to sluice and proxy
 //! pods) goes beside it as another variant.
 
@@ -9,6 +9,8 @@ pub mod curl;
 pub mod get;
 pub mod install;
 pub mod proxy;
+pub mod rollout;
+pub mod route;
 
 mod http;
 mod local;
@@ -20,6 +22,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use sluice::cluster::ClusterOptions;
+use sluice::routes::status::RouteView;
 use sluice::status::IngressView;
 
 pub use model::{Envoy, Health, Proxy, ServedConfig, ServedTarget};
@@ -74,6 +77,19 @@ impl Backend {
     pub async fn ingresses(&self) -> anyhow::Result<Vec<IngressView>> {
         match self {
             Backend::Local(local) => local.ingresses().await,
+        }
+    }
+
+    pub async fn routes(&self) -> anyhow::Result<Vec<RouteView>> {
+        match self {
+            Backend::Local(local) => local.routes().await,
+        }
+    }
+
+    /// The names of the Services of a namespace.
+    pub async fn services(&self, namespace: &str) -> anyhow::Result<Vec<String>> {
+        match self {
+            Backend::Local(local) => local.services(namespace).await,
         }
     }
 

@@ -1,6 +1,6 @@
-//! What `sluice install` puts in a cluster: the Knative ingress CRDs, generated from sluice's
-//! own types, and sluice itself beside its Envoys ([`knative`]); printed as YAML, or applied
-//! with server-side apply.
+//! What `sluice install` puts in a cluster: the Knative ingress CRDs and Serving's Route and
+//! Configuration CRDs, generated from sluice's own types, and sluice itself beside its Envoys
+//! ([`knative`]); printed as YAML, or applied with server-side apply.
 
 pub mod knative;
 
@@ -10,7 +10,9 @@ use kube::discovery::{Discovery, Scope};
 use kube::{Client, CustomResourceExt};
 use serde::Serialize;
 
-use crate::knative::{ClusterIngressResource, IngressResource};
+use crate::knative::{
+    ClusterIngressResource, ConfigurationResource, IngressResource, RouteResource,
+};
 
 /// The field manager of everything sluice applies.
 const MANAGER: &str = "sluice-install";
@@ -31,7 +33,7 @@ pub enum InstallError {
         name: String,
         source: kube::Error,
     },
-    #[error("reading Deployment {namespace}/{name} failed: {source}")]
+    #[error("reading {namespace}/{name} failed: {source}")]
     Read {
         namespace: String,
         name: String,
@@ -166,18 +168,64 @@ pub async fn apply<T: Serialize>(client: &Client, objects: &[T]) -> Result<(), I
     Ok(())
 }
 
-/// The `Ingress` and legacy `ClusterIngress` CRDs (networking.internal.knative.dev/v1alpha1).
+/// The `Ingress` and legacy `ClusterIngress` CRDs (networking.internal.knative.dev/v1alpha1),
+/// and the `Route` and `Configuration` CRDs (serving.knative.dev/v1) that `serve
+/// --serve-routes` reads where Knative Serving is not installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [IngressResource::crd(), ClusterIngressResource::crd()]
-        .into_iter()
-        .map(tidy)
-        .collect()
+    [
+        IngressResource::crd(),
+        ClusterIngressResource::crd(),
+        RouteResource::crd(),
+        ConfigurationResource::crd(),
+    ]
+    .into_iter()
+    .map(tidy)
+    .collect()
+}
+
+/// The label marking the CRDs sluice installs: the ones it may update.
+const OWNER_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "sluice");
+
+/// The CRDs of [`crds`] that the cluster lacks or that sluice installed: a CRD someone else
+/// installed (Knative Serving's own) is left alone. Returns them and the names of those left.
+pub async fn crds_to_apply(
+    client: &Client,
+) -> Result<(Vec<CustomResourceDefinition>, Vec<String>), InstallError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut apply = Vec::new();
+    let mut foreign = Vec::new();
+    for crd in crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let existing = api
+            .get_opt(&name)
+            .await
+            .map_err(|source| InstallError::Read {
+                namespace: String::new(),
+                name: name.clone(),
+                source,
+            })?;
+        let ours = existing.as_ref().is_none_or(|existing| {
+            existing
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(OWNER_LABEL.0))
+                .is_some_and(|owner| owner == OWNER_LABEL.1)
+        });
+        if ours {
+            apply.push(crd);
+        } else {
+            foreign.push(name);
+        }
+    }
+    Ok((apply, foreign))
 }
 
 /// The schema as Knative means it: no defaults the API server would write into stored objects
 /// (Knative defaults in its webhook, and sluice when it reads), and no Rust documentation.
 fn tidy(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    value["metadata"]["labels"] = serde_json::json!({ OWNER_LABEL.0: OWNER_LABEL.1 });
     for version in value["spec"]["versions"]
         .as_array_mut()
         .into_iter()
@@ -215,12 +263,14 @@ mod tests {
             names,
             [
                 "ingresses.networking.internal.knative.dev",
-                "clusteringresses.networking.internal.knative.dev"
+                "clusteringresses.networking.internal.knative.dev",
+                "routes.serving.knative.dev",
+                "configurations.serving.knative.dev",
             ]
         );
         assert_eq!(crds[0].spec.scope, "Namespaced");
         assert_eq!(crds[1].spec.scope, "Cluster");
-        for crd in &crds {
+        for crd in &crds[..2] {
             let version = &crd.spec.versions[0];
             assert_eq!(version.name, "v1alpha1");
             assert!(version.subresources.as_ref().unwrap().status.is_some());
@@ -228,5 +278,21 @@ mod tests {
             assert!(!schema.contains("\"default\""), "{schema}");
             assert!(schema.contains("x-kubernetes-int-or-string"), "{schema}");
         }
+        for crd in &crds[2..] {
+            let version = &crd.spec.versions[0];
+            assert_eq!(version.name, "v1");
+            assert_eq!(crd.spec.scope, "Namespaced");
+            assert!(version.subresources.as_ref().unwrap().status.is_some());
+        }
+        let route = serde_json::to_string(&crds[2].spec.versions[0].schema).unwrap();
+        assert!(
+            route.contains("revisionName") && !route.contains("\"name\":{"),
+            "v1 has no per-target name: {route}"
+        );
+        let configuration = serde_json::to_string(&crds[3].spec.versions[0].schema).unwrap();
+        assert!(
+            configuration.contains("x-kubernetes-preserve-unknown-fields"),
+            "{configuration}"
+        );
     }
 }

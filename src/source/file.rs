@@ -12,8 +12,10 @@
 //!
 //! A YAML file holds any number of `---` documents, a JSON file one object, and a `v1` `List`
 //! document contributes its `items`. Knative `Ingress` and `ClusterIngress`
-//! (`networking.internal.knative.dev/v1alpha1`), `v1` `Service`, `Endpoints` and `Secret`, and
-//! `discovery.k8s.io/v1` `EndpointSlice` are used; other kinds are skipped with a debug log.
+//! (`networking.internal.knative.dev/v1alpha1`), Knative Serving's `Route` (`v1`, and the older
+//! `v1beta1` and `v1alpha1`) and `Configuration`, `v1` `Service`, `Endpoints`, `Secret` and
+//! `ConfigMap`, and `discovery.k8s.io/v1` `EndpointSlice` are used; other kinds are skipped with
+//! a debug log. A Route remembers its file, for `sluice rollout`.
 //! Objects are stored as the API server would hold them: a namespaced object without a namespace
 //! is in `default`, a `ClusterIngress` has none, and a `Secret`'s `stringData` is folded into
 //! `data`.
@@ -618,14 +620,24 @@ enum Kind {
     Endpoints,
     EndpointSlice,
     Secret,
+    ConfigMap,
+    Route,
+    Configuration,
     List,
 }
 
 fn kind_of(api_version: &str, kind: &str) -> Option<Kind> {
     let knative = api_version.split_once('/') == Some((knative::API_GROUP, knative::API_VERSION));
+    let serving = matches!(
+        api_version.split_once('/'),
+        Some((knative::SERVING_GROUP, "v1" | "v1beta1" | "v1alpha1"))
+    );
     match (api_version, kind) {
         (_, "Ingress") if knative => Some(Kind::Ingress(IngressKind::Ingress)),
         (_, "ClusterIngress") if knative => Some(Kind::Ingress(IngressKind::ClusterIngress)),
+        (_, "Route") if serving => Some(Kind::Route),
+        (_, "Configuration") if serving => Some(Kind::Configuration),
+        ("v1", "ConfigMap") => Some(Kind::ConfigMap),
         ("v1", "Service") => Some(Kind::Service),
         ("v1", "Endpoints") => Some(Kind::Endpoints),
         ("v1", "Secret") => Some(Kind::Secret),
@@ -681,7 +693,7 @@ impl DocumentReader<'_> {
             );
             return;
         };
-        match decode(known, value) {
+        match decode(known, value, self.path) {
             Ok(object) => match self.objects.entry(object.key()) {
                 btree_map::Entry::Vacant(slot) => {
                     slot.insert(object);
@@ -747,7 +759,7 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-fn decode(kind: Kind, value: &Value) -> Result<Object, String> {
+fn decode(kind: Kind, value: &Value, path: &Path) -> Result<Object, String> {
     Ok(match kind {
         Kind::Ingress(ingress_kind) => {
             let mut ingress: knative::Ingress = typed(value)?;
@@ -776,6 +788,24 @@ fn decode(kind: Kind, value: &Value) -> Result<Object, String> {
                 }
             }
             Object::Secret(secret)
+        }
+        Kind::ConfigMap => Object::ConfigMap(namespaced(value)?),
+        Kind::Route => {
+            let mut route: knative::Route = typed(value)?;
+            require_name(&route.metadata.name)?;
+            if route.metadata.namespace.is_empty() {
+                route.metadata.namespace = DEFAULT_NAMESPACE.into();
+            }
+            route.origin = Some(path.display().to_string());
+            Object::Route(Box::new(route))
+        }
+        Kind::Configuration => {
+            let mut configuration: knative::Configuration = typed(value)?;
+            require_name(&configuration.metadata.name)?;
+            if configuration.metadata.namespace.is_empty() {
+                configuration.metadata.namespace = DEFAULT_NAMESPACE.into();
+            }
+            Object::Configuration(Box::new(configuration))
         }
         Kind::List => return Err("a List cannot be an item of a List".into()),
     })
@@ -814,6 +844,9 @@ fn same(a: &Object, b: &Object) -> bool {
         (Object::Endpoints(a), Object::Endpoints(b)) => a == b,
         (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a == b,
         (Object::Secret(a), Object::Secret(b)) => a == b,
+        (Object::ConfigMap(a), Object::ConfigMap(b)) => a == b,
+        (Object::Route(a), Object::Route(b)) => a == b,
+        (Object::Configuration(a), Object::Configuration(b)) => a == b,
         _ => false,
     }
 }

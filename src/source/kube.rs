@@ -5,7 +5,10 @@
 //!
 //! Knative `Ingress` in every namespace (or in each `--namespace`), the legacy cluster-scoped
 //! `ClusterIngress` only when discovery finds its CRD, and `Service`, `EndpointSlice` and
-//! `Secret`. Managed fields and kubectl's last-applied annotation are dropped on arrival.
+//! `Secret`. With `--serve-routes`, also Knative Serving's `Route` and `Configuration`
+//! (`serving.knative.dev/v1`; Configurations only when their CRD is there) and the ConfigMaps
+//! of Knative's namespace (`config-domain`, `config-features`). Managed fields and kubectl's
+//! last-applied annotation are dropped on arrival.
 //!
 //! # Consistency
 //!
@@ -27,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::future::FutureExt;
 use futures::stream::{BoxStream, SelectAll, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -37,8 +40,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::knative::{
-    self, API_GROUP, ClusterIngressResource, IngressKey, IngressKind, IngressResource,
+    self, API_GROUP, ClusterIngressResource, ConfigurationResource, IngressKey, IngressKind,
+    IngressResource, RouteResource, SERVING_GROUP, SERVING_VERSION,
 };
+use crate::routes::KNATIVE_NAMESPACE;
 use crate::source::{Batch, Batches};
 use crate::world::{NsName, Object, ObjectKey, SourceEvent};
 
@@ -57,6 +62,8 @@ pub struct KubeSourceOptions {
     pub namespaces: Vec<String>,
     /// The ingress class served: only the ingresses of this class keep their secrets' data.
     pub ingress_class: String,
+    /// Also watch Knative Serving's Routes and Configurations (`--serve-routes`).
+    pub serve_routes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,14 +73,23 @@ pub enum KubeSourceError {
          install Knative Serving, or apply sluice's with `sluice install crds | kubectl apply -f -`"
     )]
     NoIngressCrd,
-    #[error("cannot discover the API group {API_GROUP} on the API server: {0}")]
-    Discovery(#[source] kube::Error),
+    #[error(
+        "--serve-routes needs Knative Serving's Route CRD (routes.{SERVING_GROUP}), which this \
+         cluster lacks; apply sluice's with `sluice install crds`, or serve without --serve-routes"
+    )]
+    NoRouteCrd,
+    #[error("cannot discover the API group {0} on the API server: {1}")]
+    Discovery(&'static str, #[source] kube::Error),
 }
 
 /// Starts watching; the first batch comes once every watch has listed everything. Must be
 /// called within a Tokio runtime; the watches end when the receiver is dropped.
 pub async fn watch(client: Client, options: KubeSourceOptions) -> Result<Batches, KubeSourceError> {
-    let (has_ingress, has_cluster_ingress) = discover(&client).await?;
+    let served = discover(&client, API_GROUP, knative::API_VERSION).await?;
+    let (has_ingress, has_cluster_ingress) = (
+        served.contains("ingresses"),
+        served.contains("clusteringresses"),
+    );
     if !has_ingress {
         return Err(KubeSourceError::NoIngressCrd);
     }
@@ -119,28 +135,75 @@ pub async fn watch(client: Client, options: KubeSourceOptions) -> Result<Batches
         slim(&mut o.metadata);
         Object::Secret(Box::new(o))
     });
+    if options.serve_routes {
+        watch_routes(&client, &options.namespaces, &mut streams).await?;
+    }
     let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
     let follower = Follower::new(client, options.ingress_class, streams.books);
     tokio::spawn(follower.run(streams.merged, batches));
     Ok(receiver)
 }
 
-/// Whether the cluster serves Knative's `Ingress` and `ClusterIngress`.
-async fn discover(client: &Client) -> Result<(bool, bool), KubeSourceError> {
-    let group = match kube::discovery::group(client, API_GROUP).await {
-        Ok(group) => group,
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok((false, false)),
-        Err(error) => return Err(KubeSourceError::Discovery(error)),
+/// The resources (plural names) the cluster serves in `group`/`version`.
+async fn discover(
+    client: &Client,
+    group: &'static str,
+    version: &str,
+) -> Result<BTreeSet<String>, KubeSourceError> {
+    let found = match kube::discovery::group(client, group).await {
+        Ok(found) => found,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(BTreeSet::new()),
+        Err(error) => return Err(KubeSourceError::Discovery(group, error)),
     };
-    let served: BTreeSet<String> = group
-        .versioned_resources(knative::API_VERSION)
+    Ok(found
+        .versioned_resources(version)
         .into_iter()
         .map(|(resource, _)| resource.plural)
-        .collect();
-    Ok((
-        served.contains("ingresses"),
-        served.contains("clusteringresses"),
-    ))
+        .collect())
+}
+
+/// Adds the watches `--serve-routes` needs.
+async fn watch_routes(
+    client: &Client,
+    namespaces: &[String],
+    streams: &mut Streams,
+) -> Result<(), KubeSourceError> {
+    let served = discover(client, SERVING_GROUP, SERVING_VERSION).await?;
+    if !served.contains("routes") {
+        return Err(KubeSourceError::NoRouteCrd);
+    }
+    streams.add(scoped::<RouteResource>(client, namespaces), |o| {
+        Object::Route(Box::new(knative::Route {
+            metadata: knative_meta(o.metadata),
+            spec: o.spec,
+            status: o.status,
+            origin: None,
+        }))
+    });
+    if served.contains("configurations") {
+        streams.add(scoped::<ConfigurationResource>(client, namespaces), |o| {
+            Object::Configuration(Box::new(knative::Configuration {
+                metadata: knative_meta(o.metadata),
+                status: o.status.unwrap_or_default(),
+            }))
+        });
+    } else {
+        tracing::info!(
+            "not watching Configurations: the cluster has no configurations.{SERVING_GROUP} CRD, \
+             so Routes naming one report ConfigurationMissing"
+        );
+    }
+    streams.add(
+        vec![(
+            Some(KNATIVE_NAMESPACE.to_owned()),
+            Api::namespaced(client.clone(), KNATIVE_NAMESPACE),
+        )],
+        |mut o: ConfigMap| {
+            slim(&mut o.metadata);
+            Object::ConfigMap(Box::new(o))
+        },
+    );
+    Ok(())
 }
 
 type Tagged = (usize, Result<Event<Object>, watcher::Error>);
@@ -215,19 +278,35 @@ fn knative_ingress(
     spec: knative::IngressSpec,
     status: Option<knative::IngressStatus>,
 ) -> knative::Ingress {
-    let mut annotations = meta.annotations.unwrap_or_default();
-    annotations.remove(LAST_APPLIED);
     knative::Ingress {
-        metadata: knative::ObjectMeta {
-            name: meta.name.unwrap_or_default(),
-            namespace: meta.namespace.unwrap_or_default(),
-            annotations,
-            labels: meta.labels.unwrap_or_default(),
-            creation_timestamp: meta.creation_timestamp.map(|time| time.0.to_string()),
-            generation: meta.generation,
-        },
+        metadata: knative_meta(meta),
         spec,
         status,
+    }
+}
+
+/// The metadata of a Knative object that translation and status use.
+fn knative_meta(meta: ObjectMeta) -> knative::ObjectMeta {
+    let mut annotations = meta.annotations.unwrap_or_default();
+    annotations.remove(LAST_APPLIED);
+    knative::ObjectMeta {
+        name: meta.name.unwrap_or_default(),
+        namespace: meta.namespace.unwrap_or_default(),
+        annotations,
+        labels: meta.labels.unwrap_or_default(),
+        creation_timestamp: meta.creation_timestamp.map(|time| time.0.to_string()),
+        generation: meta.generation,
+        owner_references: meta
+            .owner_references
+            .unwrap_or_default()
+            .into_iter()
+            .map(|owner| knative::OwnerReference {
+                api_version: owner.api_version,
+                kind: owner.kind,
+                name: owner.name,
+                controller: owner.controller.unwrap_or(false),
+            })
+            .collect(),
     }
 }
 

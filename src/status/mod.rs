@@ -2,10 +2,12 @@
 //! served snapshot, `LoadBalancerReady` once every connected Envoy that serves its visibility
 //! has ACKed the routes that carry it, `Ready` when both hold. Envoy's rejections land here too.
 //!
-//! The verdicts are pure; [`writer`] writes them to the API server in Kubernetes mode, and
+//! The verdicts are pure; [`writer`] writes them to the API server in Kubernetes mode (and
+//! [`route_writer`] the status of the Routes whose Ingress sluice makes), and
 //! [`replicas`] carries what other replicas' Envoys ACKed to the replica that writes.
 
 pub mod replicas;
+pub mod route_writer;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -63,6 +65,9 @@ pub struct IngressView {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    /// The object that controls it, as `Kind/name`: a Route's Ingress names its Route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub status: IngressStatus,
 }
 
@@ -313,34 +318,11 @@ pub fn knative_status(
     current: Option<&knative::IngressStatus>,
     now: &str,
 ) -> knative::IngressStatus {
-    let conditions = view
-        .status
-        .conditions
-        .iter()
-        .map(|condition| {
-            let unchanged = current
-                .into_iter()
-                .flat_map(|status| &status.conditions)
-                .find(|old| {
-                    old.type_ == condition.kind
-                        && old.status == condition.status
-                        && old.reason == condition.reason
-                        && old.message == condition.message
-                });
-            knative::StatusCondition {
-                type_: condition.kind.clone(),
-                status: condition.status.clone(),
-                severity: String::new(),
-                last_transition_time: Some(
-                    unchanged
-                        .and_then(|old| old.last_transition_time.clone())
-                        .unwrap_or_else(|| now.to_owned()),
-                ),
-                reason: condition.reason.clone(),
-                message: condition.message.clone(),
-            }
-        })
-        .collect();
+    let conditions = knative_conditions(
+        &view.status.conditions,
+        current.map(|status| status.conditions.as_slice()),
+        now,
+    );
     let balancer = |balancers: &[LoadBalancer]| {
         (!balancers.is_empty()).then(|| knative::LoadBalancerStatus {
             ingress: balancers
@@ -359,6 +341,39 @@ pub fn knative_status(
         public_load_balancer: balancer(&view.status.public_load_balancer),
         private_load_balancer: balancer(&view.status.private_load_balancer),
     }
+}
+
+/// Knative's conditions for `conditions`, each keeping its `lastTransitionTime` from `current`
+/// while nothing else about it changed, as Knative's condition sets do; `now` (RFC 3339) is
+/// the time of a condition that changes.
+pub fn knative_conditions(
+    conditions: &[Condition],
+    current: Option<&[knative::StatusCondition]>,
+    now: &str,
+) -> Vec<knative::StatusCondition> {
+    conditions
+        .iter()
+        .map(|condition| {
+            let unchanged = current.into_iter().flatten().find(|old| {
+                old.type_ == condition.kind
+                    && old.status == condition.status
+                    && old.reason == condition.reason
+                    && old.message == condition.message
+            });
+            knative::StatusCondition {
+                type_: condition.kind.clone(),
+                status: condition.status.clone(),
+                severity: String::new(),
+                last_transition_time: Some(
+                    unchanged
+                        .and_then(|old| old.last_transition_time.clone())
+                        .unwrap_or_else(|| now.to_owned()),
+                ),
+                reason: condition.reason.clone(),
+                message: condition.message.clone(),
+            }
+        })
+        .collect()
 }
 
 /// The ingress's manifest cannot be read now: its last good version is served, and it is not
@@ -464,6 +479,11 @@ pub fn view(
         rules,
         labels: entry.latest.metadata.labels.clone(),
         creation_timestamp: entry.latest.metadata.creation_timestamp.clone(),
+        owner: entry
+            .latest
+            .metadata
+            .controller()
+            .map(|owner| format!("{}/{}", owner.kind, owner.name)),
         status: IngressStatus {
             conditions,
             // Knative's clients dial every ingress through its public load balancer, so it is

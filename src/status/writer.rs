@@ -377,7 +377,7 @@ async fn publish_report(
     }
 }
 
-fn heartbeat_now() -> String {
+pub(crate) fn heartbeat_now() -> String {
     Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -432,9 +432,9 @@ async fn patch_report(
         .map(drop)
 }
 
-/// What the writer does with an ingress's wanted status.
+/// What the writer does with a wanted status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decision {
+pub(crate) enum Decision {
     /// The API server already holds it.
     Skip,
     Write,
@@ -442,11 +442,47 @@ enum Decision {
     Hold(Instant),
 }
 
-/// Whether to write `wanted` over `current` now. `moving_since` is when the ingress's verdict
+/// What [`decide`] reads of a Knative status: its `Ready` condition and the generation it
+/// describes.
+pub(crate) trait Verdict: PartialEq {
+    /// The status and reason of the `Ready` condition (empty when there is none).
+    fn ready(&self) -> (String, String);
+    fn observed_generation(&self) -> Option<i64>;
+}
+
+fn ready_of(conditions: &[knative::StatusCondition]) -> (String, String) {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .unwrap_or_default()
+}
+
+impl Verdict for knative::IngressStatus {
+    fn ready(&self) -> (String, String) {
+        ready_of(&self.conditions)
+    }
+
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+}
+
+impl Verdict for knative::RouteStatus {
+    fn ready(&self) -> (String, String) {
+        ready_of(&self.conditions)
+    }
+
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+}
+
+/// Whether to write `wanted` over `current` now. `moving_since` is when the object's verdict
 /// started moving (`None`: just now).
-fn decide(
-    wanted: &knative::IngressStatus,
-    current: Option<&knative::IngressStatus>,
+pub(crate) fn decide<S: Verdict>(
+    wanted: &S,
+    current: Option<&S>,
     moving_since: Option<Instant>,
     now: Instant,
     grace_until: Instant,
@@ -454,22 +490,14 @@ fn decide(
     if current == Some(wanted) {
         return Decision::Skip;
     }
-    let ready = |status: &knative::IngressStatus| {
-        status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .map(|c| (c.status.clone(), c.reason.clone()))
-            .unwrap_or_default()
-    };
-    let (status, reason) = ready(wanted);
+    let (status, reason) = wanted.ready();
     let settled = status == "True" || (status == "False" && reason != "NoProxy");
     if settled {
         return Decision::Write;
     }
     let mut until = moving_since.unwrap_or(now) + SETTLE;
     let ready_now = current.is_some_and(|current| {
-        ready(current).0 == "True" && current.observed_generation == wanted.observed_generation
+        current.ready().0 == "True" && current.observed_generation() == wanted.observed_generation()
     });
     if ready_now {
         until = until.max(grace_until);

@@ -93,6 +93,39 @@ pub async fn install_knative(cluster: &'static Cluster) {
     );
 }
 
+pub async fn install_crds_leaves_foreign_ones(cluster: &'static Cluster) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client().await);
+    let name = "configurations.serving.knative.dev";
+    let label = |value: serde_json::Value| {
+        Patch::Merge(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": value}}}))
+    };
+    // As if Knative Serving had installed it.
+    crds.patch(name, &PatchParams::default(), &label(json!("knative")))
+        .await
+        .expect("relabel the CRD");
+    let (ok, output) =
+        tokio::task::spawn_blocking(move || run(&["install", "crds", "--kubeconfig", &kubeconfig]))
+            .await
+            .unwrap();
+    let owner =
+        crds.get(name).await.unwrap().metadata.labels.unwrap()["app.kubernetes.io/managed-by"]
+            .clone();
+    crds.patch(name, &PatchParams::default(), &label(json!("sluice")))
+        .await
+        .expect("restore the label");
+    assert!(ok, "{output}");
+    assert!(
+        output.contains(&format!("{name} was installed by someone else")),
+        "{output}"
+    );
+    assert_eq!(
+        owner, "knative",
+        "install crds took over a CRD it did not install"
+    );
+}
+
 /// A token of ServiceAccount `namespace/sluice`.
 async fn service_account_token(scene: &Scene<'_>) -> String {
     let accounts: Api<ServiceAccount> = Api::namespaced(scene.applier.client().clone(), &scene.ns);

@@ -16,6 +16,7 @@ mod install;
 mod kit;
 mod replicas;
 mod restart;
+mod routes;
 mod status;
 mod sync;
 
@@ -104,6 +105,22 @@ fn trials() -> Vec<Trial> {
         install::least_privilege,
     ));
     trials.push(trial("install::install_knative", install::install_knative));
+    trials.push(trial(
+        "install::install_crds_leaves_foreign_ones",
+        install::install_crds_leaves_foreign_ones,
+    ));
+    trials.extend(in_both(
+        "routes::served_with_status_and_rollout",
+        routes::served_with_status,
+    ));
+    trials.extend(in_both(
+        "routes::foreign_ingress_wins",
+        routes::foreign_ingress_wins,
+    ));
+    trials.extend(in_both(
+        "routes::rollout_through_owning_service",
+        routes::rollout_through_owning_service,
+    ));
     trials
 }
 

@@ -168,9 +168,35 @@ impl Cluster {
             namespaces: AtomicUsize::new(0),
         };
         cluster.start_apiserver().await;
-        sluice::install::apply(&cluster.client().await, &sluice::install::crds())
+        let crds = sluice::install::crds();
+        let client = cluster.client().await;
+        sluice::install::apply(&client, &crds)
             .await
             .expect("apply sluice's CRDs");
+        // A new CRD's group is listed a moment before its resources are served, and the tests'
+        // discovery must not see that moment.
+        let served = poll_until(START_TIMEOUT, async || {
+            let discovery = kube::discovery::Discovery::new(client.clone())
+                .run()
+                .await
+                .ok()?;
+            crds.iter()
+                .all(|crd| {
+                    let version = &crd.spec.versions[0].name;
+                    let gvk = kube::api::GroupVersionKind::gvk(
+                        &crd.spec.group,
+                        version,
+                        &crd.spec.names.kind,
+                    );
+                    discovery.resolve_gvk(&gvk).is_some()
+                })
+                .then_some(())
+        })
+        .await;
+        assert!(
+            served.is_some(),
+            "sluice's CRDs are not served within {START_TIMEOUT:?}"
+        );
         cluster
     }
 
