@@ -290,24 +290,33 @@ impl Applier {
     /// Server-side applies each object (field manager `sluice-test`).
     pub async fn apply(&self, objects: &[serde_json::Value]) {
         for object in objects {
-            let (api, name) = self.api(object);
-            api.patch(
-                &name,
-                &PatchParams::apply("sluice-test").force(),
-                &Patch::Apply(object),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("apply {object}: {e}"));
+            self.apply_one(object).await;
         }
     }
 
-    /// Whether the object exists in the API server.
-    pub async fn exists(&self, object: &serde_json::Value) -> bool {
+    /// Server-side applies `object` and returns it as the API server then holds it.
+    pub async fn apply_one(&self, object: &serde_json::Value) -> DynamicObject {
+        let (api, name) = self.api(object);
+        api.patch(
+            &name,
+            &PatchParams::apply("sluice-test").force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {object}: {e}"))
+    }
+
+    /// The object as the API server holds it, if it exists.
+    pub async fn get(&self, object: &serde_json::Value) -> Option<DynamicObject> {
         let (api, name) = self.api(object);
         api.get_opt(&name)
             .await
             .unwrap_or_else(|e| panic!("get {object}: {e}"))
-            .is_some()
+    }
+
+    /// Whether the object exists in the API server.
+    pub async fn exists(&self, object: &serde_json::Value) -> bool {
+        self.get(object).await.is_some()
     }
 
     /// Deletes each object (which must exist).
