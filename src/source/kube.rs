@@ -289,18 +289,18 @@ impl Follower {
                 taken += 1;
             }
             self.fetch_secrets(fetch).await;
-            if !self.started {
+            let initial = !self.started;
+            if initial {
                 if !self.books.iter().all(|book| book.synced) {
                     continue;
                 }
                 self.start();
-            }
-            if self.pending.is_empty() && self.started {
+            } else if self.pending.is_empty() {
                 continue;
             }
             let batch = Batch {
                 events: std::mem::take(&mut self.pending),
-                initial: !std::mem::replace(&mut self.started, true),
+                initial,
                 ..Batch::default()
             };
             if batches.send(batch).await.is_err() {
@@ -347,23 +347,42 @@ impl Follower {
                     Vec::new()
                 }
             }
-            Event::Apply(object) => self.upsert(index, object),
-            Event::Delete(object) => self.delete(index, object.key()),
+            // Before the first batch, a watch that listed keeps changing its list: the first
+            // batch is then every watch's list as it stands.
+            Event::Apply(object) => match self.listing(index) {
+                Some(listing) => {
+                    listing.insert(object.key(), Some(object));
+                    Vec::new()
+                }
+                None => self.upsert(index, object),
+            },
+            Event::Delete(object) => match self.listing(index) {
+                Some(listing) => {
+                    listing.remove(&object.key());
+                    Vec::new()
+                }
+                None => self.delete(index, object.key()),
+            },
         }
     }
 
+    /// The list a watch holds back until the first batch.
+    fn listing(&mut self, index: usize) -> Option<&mut BTreeMap<ObjectKey, Option<Object>>> {
+        if self.started {
+            return None;
+        }
+        self.books[index].listing.as_mut()
+    }
+
     /// The first batch: every watch's list, ingresses first so that the secrets they name are
-    /// known when the secrets are sorted.
+    /// known when the secrets are sorted. Nothing needs fetching: every secret is in the list.
     fn start(&mut self) {
         let mut order: Vec<usize> = (0..self.books.len()).collect();
         order.sort_by_key(|&index| !self.books[index].kind.ends_with("Ingress"));
         for index in order {
-            let fetch = self.finish_listing(index);
-            debug_assert!(
-                fetch.is_empty(),
-                "secrets are listed before the first batch, never fetched"
-            );
+            self.finish_listing(index);
         }
+        self.started = true;
     }
 
     /// Replaces what a watch delivered with what its completed list holds.
@@ -544,5 +563,166 @@ impl SecretUse {
             self.by_ingress.insert(ingress.clone(), after);
         }
         (added, released)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(kind: &str) -> Book {
+        Book {
+            kind: kind.to_owned(),
+            ..Book::default()
+        }
+    }
+
+    fn follower(kinds: &[&str]) -> Follower {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        Follower::new(
+            client,
+            "sluice".to_owned(),
+            kinds.iter().map(|kind| book(kind)).collect(),
+        )
+    }
+
+    fn service(name: &str) -> Object {
+        let mut service = Service::default();
+        service.metadata.name = Some(name.to_owned());
+        service.metadata.namespace = Some("default".to_owned());
+        Object::Service(Box::new(service))
+    }
+
+    fn secret(name: &str) -> Object {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.to_owned());
+        secret.metadata.namespace = Some("default".to_owned());
+        Object::Secret(Box::new(secret))
+    }
+
+    fn ingress(name: &str, secret: Option<&str>) -> Object {
+        let tls = secret
+            .map(|s| format!("  tls: [{{hosts: [{name}.example.com], secretName: {s}}}]\n"))
+            .unwrap_or_default();
+        let yaml = format!(
+            "metadata:\n  name: {name}\n  namespace: default\n  annotations: {{networking.knative.dev/ingress.class: sluice}}\nspec:\n{tls}  rules:\n  - hosts: [{name}.example.com]\n    http:\n      paths:\n      - splits: [{{serviceName: s, servicePort: 80}}]\n"
+        );
+        Object::Ingress(
+            IngressKind::Ingress,
+            Box::new(serde_saphyr::from_str(&yaml).unwrap()),
+        )
+    }
+
+    fn list(follower: &mut Follower, index: usize, objects: Vec<Object>) {
+        follower.handle((index, Ok(Event::Init)));
+        for object in objects {
+            follower.handle((index, Ok(Event::InitApply(object))));
+        }
+        follower.handle((index, Ok(Event::InitDone)));
+    }
+
+    fn delivered(follower: &mut Follower) -> Vec<String> {
+        std::mem::take(&mut follower.pending)
+            .into_iter()
+            .map(|event| match event {
+                SourceEvent::Upsert(object) => format!("+{}", object.key()),
+                SourceEvent::Delete(key) => format!("-{key}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_relist_replaces_what_its_watch_delivered_and_nothing_else() {
+        let mut follower = follower(&["Ingress", "Service"]);
+        list(&mut follower, 1, vec![service("a"), service("b")]);
+        list(&mut follower, 0, vec![ingress("web", None)]);
+        follower.start();
+        assert_eq!(
+            delivered(&mut follower),
+            [
+                "+Ingress/default/web",
+                "+Service/default/a",
+                "+Service/default/b"
+            ]
+        );
+        // The Service watch lists again (after a 410, say): b is gone, c is new; half a list
+        // delivers nothing.
+        follower.handle((1, Ok(Event::Init)));
+        follower.handle((1, Ok(Event::InitApply(service("a")))));
+        follower.handle((1, Ok(Event::InitApply(service("c")))));
+        assert_eq!(delivered(&mut follower), Vec::<String>::new());
+        follower.handle((1, Ok(Event::InitDone)));
+        assert_eq!(
+            delivered(&mut follower),
+            [
+                "-Service/default/b",
+                "+Service/default/a",
+                "+Service/default/c"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_kept_only_while_an_owned_ingress_names_it() {
+        let mut follower = follower(&["Ingress", "Secret"]);
+        list(&mut follower, 1, vec![secret("named"), secret("unrelated")]);
+        list(&mut follower, 0, vec![ingress("web", Some("named"))]);
+        follower.start();
+        assert_eq!(
+            delivered(&mut follower),
+            ["+Ingress/default/web", "+Secret/default/named"]
+        );
+        follower.handle((1, Ok(Event::Apply(secret("unrelated")))));
+        assert_eq!(delivered(&mut follower), Vec::<String>::new());
+        // The ingress stops naming it: its data leaves the world.
+        follower.handle((0, Ok(Event::Apply(ingress("web", None)))));
+        assert_eq!(
+            delivered(&mut follower),
+            ["-Secret/default/named", "+Ingress/default/web"]
+        );
+        // Naming a secret the watch did not keep asks for it to be read.
+        let fetch = follower.handle((0, Ok(Event::Apply(ingress("web", Some("unrelated"))))));
+        assert_eq!(fetch, [NsName::new("default", "unrelated")]);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_delivered_before_every_watch_has_listed() {
+        let follower = follower(&["Ingress", "Service"]);
+        let events: Vec<Tagged> = vec![
+            (1, Ok(Event::Init)),
+            (1, Ok(Event::InitApply(service("a")))),
+            (1, Ok(Event::InitDone)),
+            (0, Ok(Event::Init)),
+            (0, Ok(Event::InitApply(ingress("web", None)))),
+            (0, Ok(Event::InitDone)),
+            (1, Ok(Event::Apply(service("b")))),
+        ];
+        let mut merged = SelectAll::new();
+        merged.push(futures::stream::iter(events).boxed());
+        let (batches, mut received) = mpsc::channel(4);
+        tokio::spawn(follower.run(merged, batches));
+        let first = received.recv().await.unwrap();
+        assert!(first.initial);
+        let keys: Vec<String> = first
+            .events
+            .iter()
+            .map(|event| match event {
+                SourceEvent::Upsert(object) => object.key().to_string(),
+                SourceEvent::Delete(key) => format!("-{key}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "Ingress/default/web",
+                "Service/default/a",
+                "Service/default/b"
+            ]
+        );
+        assert!(
+            received.recv().await.is_none(),
+            "one batch for events that arrived together"
+        );
     }
 }
