@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use super::{free_ports, poll_until, tail, temp_dir};
+use super::{free_ports, keep_temp, poll_until, tail, temp_dir};
 
 /// The address the test network namespace puts on `lo`: the API server, the backends (as
 /// EndpointSlice addresses) and Envoy's listeners use it.
@@ -331,12 +331,17 @@ impl Applier {
 }
 
 impl Cluster {
-    /// Kills the API server and etcd.
+    /// Kills the API server and etcd, and removes their files (etcd's data is over 100 MB)
+    /// unless `SLUICE_TEST_KEEP` is set. A cluster held in a static, or leaked, is never dropped,
+    /// so this is where its folder goes.
     pub fn stop(&self) {
         self.stop_apiserver();
         let mut etcd = self.etcd.lock().unwrap_or_else(|p| p.into_inner());
         let _ = etcd.kill();
         let _ = etcd.wait();
+        if !keep_temp() {
+            let _ = fs::remove_dir_all(self.dir.path());
+        }
     }
 }
 
