@@ -15,8 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::Discovery;
 use kube::{Client, Config};
 
 use super::{free_ports, keep_temp, poll_until, tail, temp_dir};
@@ -168,9 +172,12 @@ impl Cluster {
             namespaces: AtomicUsize::new(0),
         };
         cluster.start_apiserver().await;
-        sluice::install::apply(&cluster.client().await, &sluice::install::crds())
+        let client = cluster.client().await;
+        let crds = sluice::install::crds();
+        sluice::install::apply(&client, &crds)
             .await
             .expect("apply sluice's CRDs");
+        wait_served(&client, &crds).await;
         cluster
     }
 
@@ -348,6 +355,42 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits until discovery serves every kind of `crds`: a CRD's group is listed a moment
+/// before its version answers, and discovery in between fails with a 404.
+async fn wait_served(client: &Client, crds: &[CustomResourceDefinition]) {
+    let kinds: Vec<GroupVersionKind> = crds
+        .iter()
+        .flat_map(|crd| {
+            crd.spec.versions.iter().map(|version| {
+                GroupVersionKind::gvk(&crd.spec.group, &version.name, &crd.spec.names.kind)
+            })
+        })
+        .collect();
+    let mut last = String::from("nothing yet");
+    let served = poll_until(START_TIMEOUT, async || {
+        let discovery = match Discovery::new(client.clone()).run().await {
+            Ok(discovery) => discovery,
+            Err(e) => {
+                last = e.to_string();
+                return None;
+            }
+        };
+        let missing: Vec<&GroupVersionKind> = kinds
+            .iter()
+            .filter(|kind| discovery.resolve_gvk(kind).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Some(());
+        }
+        last = format!("not served yet: {missing:?}");
+        None
+    })
+    .await;
+    if served.is_none() {
+        panic!("sluice's CRDs not served within {START_TIMEOUT:?}; last discovery: {last}");
     }
 }
 
