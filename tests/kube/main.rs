@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod conformance;
 mod install;
 mod kit;
 mod replicas;
@@ -121,6 +122,7 @@ fn trials() -> Vec<Trial> {
         "routes::rollout_through_owning_service",
         routes::rollout_through_owning_service,
     ));
+    trials.extend(conformance::trials());
     trials
 }
 

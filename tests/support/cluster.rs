@@ -15,11 +15,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::Discovery;
 use kube::{Client, Config};
 
-use super::{free_ports, poll_until, tail, temp_dir};
+use super::{free_ports, keep_temp, poll_until, tail, temp_dir};
 
 /// The address the test network namespace puts on `lo`: the API server, the backends (as
 /// EndpointSlice addresses) and Envoy's listeners use it.
@@ -168,35 +172,12 @@ impl Cluster {
             namespaces: AtomicUsize::new(0),
         };
         cluster.start_apiserver().await;
-        let crds = sluice::install::crds();
         let client = cluster.client().await;
+        let crds = sluice::install::crds();
         sluice::install::apply(&client, &crds)
             .await
             .expect("apply sluice's CRDs");
-        // A new CRD's group is listed a moment before its resources are served, and the tests'
-        // discovery must not see that moment.
-        let served = poll_until(START_TIMEOUT, async || {
-            let discovery = kube::discovery::Discovery::new(client.clone())
-                .run()
-                .await
-                .ok()?;
-            crds.iter()
-                .all(|crd| {
-                    let version = &crd.spec.versions[0].name;
-                    let gvk = kube::api::GroupVersionKind::gvk(
-                        &crd.spec.group,
-                        version,
-                        &crd.spec.names.kind,
-                    );
-                    discovery.resolve_gvk(&gvk).is_some()
-                })
-                .then_some(())
-        })
-        .await;
-        assert!(
-            served.is_some(),
-            "sluice's CRDs are not served within {START_TIMEOUT:?}"
-        );
+        wait_served(&client, &crds).await;
         cluster
     }
 
@@ -316,24 +297,33 @@ impl Applier {
     /// Server-side applies each object (field manager `sluice-test`).
     pub async fn apply(&self, objects: &[serde_json::Value]) {
         for object in objects {
-            let (api, name) = self.api(object);
-            api.patch(
-                &name,
-                &PatchParams::apply("sluice-test").force(),
-                &Patch::Apply(object),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("apply {object}: {e}"));
+            self.apply_one(object).await;
         }
     }
 
-    /// Whether the object exists in the API server.
-    pub async fn exists(&self, object: &serde_json::Value) -> bool {
+    /// Server-side applies `object` and returns it as the API server then holds it.
+    pub async fn apply_one(&self, object: &serde_json::Value) -> DynamicObject {
+        let (api, name) = self.api(object);
+        api.patch(
+            &name,
+            &PatchParams::apply("sluice-test").force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {object}: {e}"))
+    }
+
+    /// The object as the API server holds it, if it exists.
+    pub async fn get(&self, object: &serde_json::Value) -> Option<DynamicObject> {
         let (api, name) = self.api(object);
         api.get_opt(&name)
             .await
             .unwrap_or_else(|e| panic!("get {object}: {e}"))
-            .is_some()
+    }
+
+    /// Whether the object exists in the API server.
+    pub async fn exists(&self, object: &serde_json::Value) -> bool {
+        self.get(object).await.is_some()
     }
 
     /// Deletes each object (which must exist).
@@ -348,14 +338,15 @@ impl Applier {
 }
 
 impl Cluster {
-    /// Kills the API server and etcd, and removes their files (unless `SLUICE_TEST_KEEP=1`): a
-    /// cluster shared through a `static` is never dropped.
+    /// Kills the API server and etcd, and removes their files (etcd's data is over 100 MB)
+    /// unless `SLUICE_TEST_KEEP` is set. A cluster held in a static, or leaked, is never dropped,
+    /// so this is where its folder goes.
     pub fn stop(&self) {
         self.stop_apiserver();
         let mut etcd = self.etcd.lock().unwrap_or_else(|p| p.into_inner());
         let _ = etcd.kill();
         let _ = etcd.wait();
-        if !super::keep_temp() {
+        if !keep_temp() {
             let _ = fs::remove_dir_all(self.dir.path());
         }
     }
@@ -364,6 +355,42 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits until discovery serves every kind of `crds`: a CRD's group is listed a moment
+/// before its version answers, and discovery in between fails with a 404.
+async fn wait_served(client: &Client, crds: &[CustomResourceDefinition]) {
+    let kinds: Vec<GroupVersionKind> = crds
+        .iter()
+        .flat_map(|crd| {
+            crd.spec.versions.iter().map(|version| {
+                GroupVersionKind::gvk(&crd.spec.group, &version.name, &crd.spec.names.kind)
+            })
+        })
+        .collect();
+    let mut last = String::from("nothing yet");
+    let served = poll_until(START_TIMEOUT, async || {
+        let discovery = match Discovery::new(client.clone()).run().await {
+            Ok(discovery) => discovery,
+            Err(e) => {
+                last = e.to_string();
+                return None;
+            }
+        };
+        let missing: Vec<&GroupVersionKind> = kinds
+            .iter()
+            .filter(|kind| discovery.resolve_gvk(kind).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Some(());
+        }
+        last = format!("not served yet: {missing:?}");
+        None
+    })
+    .await;
+    if served.is_none() {
+        panic!("sluice's CRDs not served within {START_TIMEOUT:?}; last discovery: {last}");
     }
 }
 

@@ -1,21 +1,30 @@
 //! The helpers of Knative's ingress conformance suite (knative.dev/networking
-//! `test/conformance/ingress/util.go`) for sluice in file mode: an [`Env`] is the "cluster" (a
-//! manifest directory, sluice, one Envoy) plus an HTTP client aimed at the public load balancer
-//! (Envoy's external listener), and its methods are the suite's `CreateRuntimeService`,
-//! `CreateIngressReady`, `UpdateIngressReady`, `RuntimeRequest` and friends.
+//! `test/conformance/ingress/util.go`) for sluice, in file mode and in Kubernetes mode: an
+//! [`Env`] is the "cluster" (sluice, one Envoy, and where the objects go) plus an HTTP client
+//! aimed at the public load balancer (Envoy's external listener), and its methods are the
+//! suite's `CreateRuntimeService`, `CreateIngressReady`, `UpdateIngressReady`,
+//! `RuntimeRequest` and friends. The cases themselves are in [`cases`], written once for both
+//! modes.
 //!
-//! How the cluster maps onto file mode:
-//! - A Pod is an in-process [`Image`]; its Service is a `v1` Service plus Endpoints at
-//!   127.0.0.1:`<image port>` written into the manifest directory. Deleting the Service removes
-//!   the file and stops the image.
+//! How the cluster maps onto each [`Target`]:
+//! - A Pod is an in-process [`Image`] on a fresh port of the Pod IP: 127.0.0.1 in file mode,
+//!   [`TEST_ADDRESS`] in Kubernetes mode (the API server refuses loopback endpoints). Its
+//!   Service is a `v1` Service plus, in file mode, Endpoints written into the manifest
+//!   directory, and in Kubernetes mode an EndpointSlice applied to the API server. Deleting
+//!   the Service removes both and stops the image.
+//! - Each case has a namespace of its own: [`NAMESPACE`] in file mode (each case has its own
+//!   directory), a fresh one in the shared API server in Kubernetes mode, which its sluice
+//!   alone watches (`--namespace`).
 //! - An Ingress is written as the suite would create it: Knative's defaults applied
 //!   (`SetDefaults`: visibility, 100% for a lone split) plus the suite's `httpOption: Enabled`,
-//!   and the class annotation of sluice's class.
-//! - "Ready" is Knative's `IsReady` (`observedGeneration == generation` and `Ready=True`).
-//!   sluice's status has no `observedGeneration`, so "sluice has observed this spec" is read
-//!   from its served configuration: the route configuration carries the spec's Knative hash
-//!   (`K-Network-Hash`, computed here independently by [`knative_hash`]). Then `Ready=True`
-//!   (from `sluice get ingress`) means Envoy has ACKed that version.
+//!   and the class annotation of sluice's class; Secrets likewise.
+//! - "Ready" is Knative's `IsReady` (`observedGeneration == generation` and `Ready=True`). In
+//!   Kubernetes mode that is read, as the suite does, from the ingress's status in the API
+//!   server; then sluice's served route configurations must carry the spec's Knative hash
+//!   (`K-Network-Hash`, computed here independently by [`knative_hash`]). File mode has no
+//!   `observedGeneration`, so "sluice has observed this spec" is that hash in the served
+//!   configuration, and then `Ready=True` (from `sluice get ingress`) means Envoy has ACKed
+//!   that version.
 //! - Load balancers: sluice reports domains in the status; the public one is dialled at
 //!   Envoy's external listener and the private one at the internal listener, as the suite's
 //!   `CreateDialContext` would resolve them in a cluster.
@@ -24,8 +33,11 @@
 //! traffic) are recorded with [`Env::error`] and reported together by [`Env::finish`], so one
 //! status problem does not hide whether traffic flows.
 
+#[macro_use]
+pub mod cases;
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -37,16 +49,19 @@ use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use kube::Api;
 use serde_json::{Value, json};
 use sha2::Digest;
+use sluice::knative::IngressResource;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{Response, WebSocket};
+use super::cluster::{Applier, Cluster, TEST_ADDRESS};
 use super::images::{Image, RuntimeInfo};
 use super::manifests::{self, HttpPath, INGRESS_CLASS, Ingress, Rule, Split};
-use super::{ManifestDir, Stack, error_chain, poll_until};
+use super::{ManifestDir, Sluice, Stack, StackOptions, error_chain, poll_until};
 
-/// `test.ServingNamespace`.
+/// `test.ServingNamespace`: the namespace of every file-mode case.
 pub const NAMESPACE: &str = "serving-tests";
 /// `test.NetworkingFlags.ServiceDomain`.
 pub const SERVICE_DOMAIN: &str = "example.com";
@@ -67,13 +82,39 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------------
 // The environment
 
-/// One "cluster": the manifest directory, sluice and one Envoy, and a keep-alive HTTP client
+/// Where a case runs, and over which ADS variant its Envoy talks to sluice.
+#[derive(Clone, Copy)]
+pub enum Target {
+    /// sluice in file mode: objects are manifests in its directory.
+    Files { delta: bool },
+    /// sluice in Kubernetes mode: objects go through `cluster`'s API server, in a namespace of
+    /// the case's own.
+    Cluster {
+        cluster: &'static Cluster,
+        delta: bool,
+    },
+}
+
+/// Where an [`Env`] puts the objects a case creates.
+enum Objects {
+    /// A manifest directory, one file per Service (with its Endpoints), Ingress or Secret.
+    Files(ManifestDir),
+    /// The API server, with what each apply returned (by `kind/name`), for checks that the
+    /// object was left alone.
+    Api {
+        applier: Box<Applier>,
+        applied: Mutex<BTreeMap<String, Value>>,
+    },
+}
+
+/// One "cluster": sluice, one Envoy and where the objects go, and a keep-alive HTTP client
 /// dialling the public load balancer, like the `*http.Client` of `CreateIngressReady`.
 pub struct Env {
     pub stack: Stack,
-    pub dir: ManifestDir,
     /// Dials Envoy's external listener whatever the URL's host.
     pub client: HttpClient,
+    objects: Objects,
+    namespace: String,
     test: String,
     names: AtomicUsize,
     errors: Mutex<Vec<String>>,
@@ -82,9 +123,12 @@ pub struct Env {
 /// A Service with its Pod: the in-process image behind it.
 pub struct Service {
     pub name: String,
+    pub namespace: String,
     /// The Service port (what an ingress split names).
     pub port: u16,
     pub image: Image,
+    /// The Service and its endpoints, as written.
+    objects: Vec<Value>,
 }
 
 /// An ingress that has become Ready, as `CreateIngressReady` returns it.
@@ -93,8 +137,13 @@ pub struct ReadyIngress {
     pub ingress: Ingress,
     /// Its Knative hash ([`knative_hash`]).
     pub hash: String,
-    /// Its entry in `sluice get ingress -o json` once Ready.
+    /// Its status once Ready: its `sluice get ingress -o json` entry in file mode, its
+    /// `status` in the API server in Kubernetes mode.
     pub status: Value,
+    /// `status.publicLoadBalancer.ingress[0].domainInternal` (empty if absent).
+    pub public_domain: String,
+    /// `status.privateLoadBalancer.ingress[0].domainInternal` (empty if absent).
+    pub private_domain: String,
 }
 
 impl ReadyIngress {
@@ -104,19 +153,83 @@ impl ReadyIngress {
 }
 
 impl Env {
-    /// Starts sluice and an Envoy (delta xDS if `delta`) on an empty manifest directory.
-    /// `test` names the objects this test creates, like `test.ObjectNameForTest`.
-    pub async fn start(test: &str, delta: bool) -> Env {
-        let dir = ManifestDir::new();
-        let stack = Stack::start(dir.path(), delta).await;
+    /// Starts sluice and an Envoy for `target`, with no object yet. `test` names the objects
+    /// this test creates, like `test.ObjectNameForTest` (and, in Kubernetes mode, its
+    /// namespace).
+    pub async fn start(target: Target, test: &str) -> Env {
+        let (stack, objects, namespace) = match target {
+            Target::Files { delta } => {
+                let dir = ManifestDir::new();
+                let stack = Stack::start(dir.path(), delta).await;
+                (stack, Objects::Files(dir), NAMESPACE.to_owned())
+            }
+            Target::Cluster { cluster, delta } => {
+                let namespace = cluster.namespace(test).await;
+                let applier = Applier::new(cluster.client().await).await;
+                let sluice = Sluice::start_in_cluster(
+                    &cluster.kubeconfig,
+                    &["--namespace", &namespace, "--system-namespace", &namespace],
+                );
+                let options = StackOptions {
+                    delta,
+                    ..StackOptions::default()
+                };
+                let stack = Stack::start_on(sluice, options).await;
+                let objects = Objects::Api {
+                    applier: Box::new(applier),
+                    applied: Mutex::new(BTreeMap::new()),
+                };
+                (stack, objects, namespace)
+            }
+        };
         let client = HttpClient::new(stack.http_addr());
         Env {
             stack,
-            dir,
             client,
+            objects,
+            namespace,
             test: test.to_string(),
             names: AtomicUsize::new(0),
             errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The namespace of this case's objects (`test.ServingNamespace`).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The address Pods listen on: loopback in file mode; in Kubernetes mode the test
+    /// address, which EndpointSlices accept.
+    fn pod_ip(&self) -> IpAddr {
+        match self.objects {
+            Objects::Files(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Objects::Api { .. } => TEST_ADDRESS,
+        }
+    }
+
+    /// Creates or updates `objects`: as the manifest `file`, or applied to the API server.
+    async fn put(&self, file: &str, objects: &[Value]) {
+        match &self.objects {
+            Objects::Files(dir) => dir.write(file, &manifests::documents(objects)),
+            Objects::Api { applier, applied } => {
+                for object in objects {
+                    let held = applier.apply_one(object).await;
+                    let held = serde_json::to_value(held).expect("an applied object as JSON");
+                    applied
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(object_key(object), held);
+                }
+            }
+        }
+    }
+
+    /// Deletes `objects`, written by [`Env::put`] as `file`.
+    async fn remove(&self, file: &str, objects: &[Value]) {
+        match &self.objects {
+            Objects::Files(dir) => dir.remove(file),
+            Objects::Api { applier, .. } => applier.delete(objects).await,
         }
     }
 
@@ -169,16 +282,16 @@ impl Env {
         50 + (self.names.load(Ordering::SeqCst) * 7 % 50) as u16
     }
 
-    /// Writes Service `NAMESPACE/name` (one port, `port_name` and `app_protocol` exactly as
-    /// given) and its Endpoints at the image's port.
-    fn write_service(
+    /// Service `name` (one port, `port_name` and `app_protocol` exactly as given) and its
+    /// endpoints at the image: Endpoints in file mode, an EndpointSlice in Kubernetes mode.
+    fn service_objects(
         &self,
         name: &str,
         port_name: Option<&str>,
         app_protocol: Option<&str>,
         port: u16,
         image: &Image,
-    ) {
+    ) -> Vec<Value> {
         let mut service_port = json!({
             "port": port,
             "protocol": "TCP",
@@ -192,72 +305,104 @@ impl Env {
         if let Some(app_protocol) = app_protocol {
             service_port["appProtocol"] = json!(app_protocol);
         }
+        let namespace = &self.namespace;
         let service = json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"test-pod": name}},
+            "metadata": {"name": name, "namespace": namespace, "labels": {"test-pod": name}},
             "spec": {"type": "ClusterIP", "ports": [service_port]},
         });
-        let endpoints = json!({
-            "apiVersion": "v1",
-            "kind": "Endpoints",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [endpoint_port]}],
-        });
-        self.dir.write(
-            &service_file(name),
-            &manifests::documents(&[service, endpoints]),
-        );
+        let ip = image.addr().ip().to_string();
+        let endpoints = match self.objects {
+            Objects::Files(_) => json!({
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": name, "namespace": namespace},
+                "subsets": [{"addresses": [{"ip": ip}], "ports": [endpoint_port]}],
+            }),
+            Objects::Api { .. } => json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": format!("{name}-pod"),
+                    "namespace": namespace,
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+                "ports": [endpoint_port],
+            }),
+        };
+        vec![service, endpoints]
     }
 
-    fn create_service(
+    async fn create_service(
         &self,
         port_name: Option<&str>,
         app_protocol: Option<&str>,
-        image: impl FnOnce(&str) -> Image,
+        image: impl FnOnce(IpAddr, &str) -> Image,
     ) -> Service {
         let name = self.object_name();
         let port = self.service_port();
-        let image = image(&name);
-        self.write_service(&name, port_name, app_protocol, port, &image);
-        Service { name, port, image }
+        let image = image(self.pod_ip(), &name);
+        let objects = self.service_objects(&name, port_name, app_protocol, port, &image);
+        self.put(&service_file(&name), &objects).await;
+        Service {
+            name,
+            namespace: self.namespace.clone(),
+            port,
+            image,
+            objects,
+        }
     }
 
     /// `CreateRuntimeService`: the runtime image behind a Service port named `port_name`
     /// (with `appProtocol` if given).
-    pub fn create_runtime_service(&self, port_name: &str, app_protocol: Option<&str>) -> Service {
+    pub async fn create_runtime_service(
+        &self,
+        port_name: &str,
+        app_protocol: Option<&str>,
+    ) -> Service {
         self.create_service(Some(port_name), app_protocol, Image::runtime)
+            .await
     }
 
     /// `CreateTimeoutService`: the timeout image behind port `http`.
-    pub fn create_timeout_service(&self) -> Service {
+    pub async fn create_timeout_service(&self) -> Service {
         self.create_service(Some(PORT_NAME_HTTP1), None, Image::timeout)
+            .await
     }
 
     /// `CreateRetryService`: the retry image behind port `h2c` (no `appProtocol`).
-    pub fn create_retry_service(&self) -> Service {
+    pub async fn create_retry_service(&self) -> Service {
         self.create_service(Some(PORT_NAME_H2C), None, Image::retry)
+            .await
     }
 
     /// `CreateWebsocketService`: the wsserver image (`SUFFIX=suffix`) behind port `http`.
-    pub fn create_websocket_service(&self, suffix: &str) -> Service {
-        self.create_service(Some(PORT_NAME_HTTP1), None, |name| {
-            Image::wsserver(name, suffix)
+    pub async fn create_websocket_service(&self, suffix: &str) -> Service {
+        self.create_service(Some(PORT_NAME_HTTP1), None, |ip, name| {
+            Image::wsserver(ip, name, suffix)
         })
+        .await
     }
 
     /// `CreateGRPCService`: the grpc-ping image (`SUFFIX=suffix`) behind port `h2c` with
     /// `appProtocol: kubernetes.io/h2c`.
-    pub fn create_grpc_service(&self, suffix: &str) -> Service {
-        self.create_service(Some(PORT_NAME_H2C), Some(APP_PROTOCOL_H2C), |name| {
-            Image::grpc_ping(name, suffix)
+    pub async fn create_grpc_service(&self, suffix: &str) -> Service {
+        self.create_service(Some(PORT_NAME_H2C), Some(APP_PROTOCOL_H2C), |ip, name| {
+            Image::grpc_ping(ip, name, suffix)
         })
+        .await
     }
 
     /// `CreateProxyService`: the httpproxy image (`TARGET_HOST=target`, gateway at `gateway`)
     /// behind an unnamed port.
-    pub fn create_proxy_service(&self, target: &str, gateway: SocketAddr) -> Service {
-        self.create_service(None, None, |name| Image::httpproxy(name, target, gateway))
+    pub async fn create_proxy_service(&self, target: &str, gateway: SocketAddr) -> Service {
+        self.create_service(None, None, |ip, name| {
+            Image::httpproxy(ip, name, target, gateway)
+        })
+        .await
     }
 
     /// `createExternalNameService`: Service `<first label of target>` in the namespace of its
@@ -265,7 +410,11 @@ impl Env {
     /// the gateway's port; here the gateway (an Envoy listener) is on a free port, so the
     /// Service port is that port (sluice resolves an ExternalName Service to
     /// `externalName:port`). Returns its name and port.
-    pub fn create_external_name_service(&self, target: &str, gateway: SocketAddr) -> (String, u16) {
+    pub async fn create_external_name_service(
+        &self,
+        target: &str,
+        gateway: SocketAddr,
+    ) -> (String, u16) {
         let labels: Vec<&str> = target.splitn(3, '.').collect();
         assert!(labels.len() >= 2, "target {target} has no namespace label");
         let (name, namespace) = (labels[0], labels[1]);
@@ -288,14 +437,14 @@ impl Env {
             gateway.ip().is_loopback(),
             "the gateway must be on loopback: {gateway}"
         );
-        self.dir
-            .write(&service_file(name), &manifests::to_yaml(&service));
+        self.put(&service_file(name), &[service]).await;
         (name.to_string(), gateway.port())
     }
 
-    /// Deletes a Service (its manifest) and its Pod (stops the image).
-    pub fn delete_service(&self, service: Service) {
-        self.dir.remove(&service_file(&service.name));
+    /// Deletes a Service (and its endpoints) and its Pod (stops the image).
+    pub async fn delete_service(&self, service: Service) {
+        self.remove(&service_file(&service.name), &service.objects)
+            .await;
         drop(service.image);
     }
 
@@ -305,14 +454,20 @@ impl Env {
     /// An ingress named for this test over `rules`, as `CreateIngress` makes it: class
     /// annotation, Knative's defaults and `httpOption: Enabled`.
     pub fn new_ingress(&self, rules: Vec<Rule>) -> Ingress {
-        ingress_with_defaults(&self.object_name(), rules)
+        ingress_with_defaults(&self.namespace, &self.object_name(), rules)
     }
 
     /// Writes `ingress` (create or update). Returns its Knative hash.
-    pub fn write_ingress(&self, ingress: &Ingress) -> String {
-        self.dir
-            .write(&ingress_file(&ingress.name), &ingress.to_yaml());
+    pub async fn write_ingress(&self, ingress: &Ingress) -> String {
+        self.put(&ingress_file(&ingress.name), &[ingress.to_value()])
+            .await;
         knative_hash(ingress)
+    }
+
+    /// Writes ingress `name` exactly as `value` has it (for ingresses `CreateIngress` would
+    /// not make, e.g. without the class annotation).
+    pub async fn write_ingress_value(&self, name: &str, value: Value) {
+        self.put(&ingress_file(name), &[value]).await;
     }
 
     /// `CreateIngressReady`: creates an ingress over `rules` and waits until it is Ready.
@@ -322,57 +477,86 @@ impl Env {
 
     /// `CreateTLSSecret`: a self-signed certificate for `hosts` in a new `kubernetes.io/tls`
     /// Secret. Returns the secret's name and the certificate (PEM) for clients to trust.
-    pub fn create_tls_secret(&self, hosts: &[&str]) -> (String, String) {
+    pub async fn create_tls_secret(&self, hosts: &[&str]) -> (String, String) {
         let name = self.object_name();
         let (certificate, key) = super::tls::certificate_for(hosts);
-        let secret = manifests::tls_secret(NAMESPACE, &name, &certificate, &key);
-        self.dir
-            .write(&format!("secret-{name}.yaml"), &manifests::to_yaml(&secret));
+        let secret = manifests::tls_secret(&self.namespace, &name, &certificate, &key);
+        self.put(&format!("secret-{name}.yaml"), &[secret]).await;
         (name, certificate)
     }
 
     /// `CreateIngressReadyWithTLS`: `ingress` as given (with its `spec.tls` and `httpOption`),
     /// created and waited on until Ready.
     pub async fn create_ready(&self, ingress: Ingress) -> ReadyIngress {
-        let hash = self.write_ingress(&ingress);
-        let status = self.wait_ready(&ingress.name, &hash).await;
+        let hash = self.write_ingress(&ingress).await;
+        let ready = self.wait_ready(ingress, hash).await;
         // `CreateDialContext` dials the public load balancer of every ingress it is given, and
         // `t.Fatal`s without one.
-        let public = status["status"]["publicLoadBalancer"][0]["domainInternal"]
-            .as_str()
-            .unwrap_or_default();
-        if public.is_empty() {
+        if ready.public_domain.is_empty() {
             self.error(format!(
                 "ingress {}/{} is Ready but has no status.publicLoadBalancer: upstream's \
                  CreateIngressReady → CreateDialContext (util.go) fails with \"Ingress does not \
                  have a public load balancer assigned.\"; status: {}",
-                NAMESPACE, ingress.name, status["status"]
+                self.namespace,
+                ready.name(),
+                ready.status
             ));
         }
-        ReadyIngress {
-            ingress,
-            hash,
-            status,
-        }
+        ready
     }
 
     /// `UpdateIngressReady`: replaces the spec of ingress `name` with `rules` and waits until
     /// that version is Ready.
     pub async fn update_ingress_ready(&self, name: &str, rules: Vec<Rule>) -> ReadyIngress {
-        let ingress = ingress_with_defaults(name, rules);
-        let hash = self.write_ingress(&ingress);
-        let status = self.wait_ready(name, &hash).await;
+        let ingress = ingress_with_defaults(&self.namespace, name, rules);
+        let hash = self.write_ingress(&ingress).await;
+        self.wait_ready(ingress, hash).await
+    }
+
+    /// Waits until `ingress` (whose Knative hash is `hash`) is Ready at the version written.
+    async fn wait_ready(&self, ingress: Ingress, hash: String) -> ReadyIngress {
+        let (status, public_domain, private_domain) = match &self.objects {
+            Objects::Files(_) => {
+                let entry = self.wait_listed_ready(&ingress.name, &hash).await;
+                let domain = |balancer: &str| {
+                    entry["status"][balancer][0]["domainInternal"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let domains = (domain("publicLoadBalancer"), domain("privateLoadBalancer"));
+                (entry, domains.0, domains.1)
+            }
+            Objects::Api { applier, .. } => {
+                let held = self.wait_api_ready(applier, &ingress.name).await;
+                self.expect_hash_served(&ingress.name, &hash).await;
+                let status = held.status.unwrap_or_default();
+                let domain = |balancer: Option<&sluice::knative::LoadBalancerStatus>| {
+                    balancer
+                        .and_then(|b| b.ingress.first())
+                        .map(|i| i.domain_internal.clone())
+                        .unwrap_or_default()
+                };
+                let public = domain(status.public_load_balancer.as_ref());
+                let private = domain(status.private_load_balancer.as_ref());
+                let status = serde_json::to_value(&status).expect("an ingress status as JSON");
+                (status, public, private)
+            }
+        };
         ReadyIngress {
             ingress,
             hash,
             status,
+            public_domain,
+            private_domain,
         }
     }
 
-    /// Waits until sluice serves the version of ingress `name` whose Knative hash is `hash`
-    /// and reports it `Ready=True`; returns its `sluice get ingress` entry.
-    async fn wait_ready(&self, name: &str, hash: &str) -> Value {
+    /// File mode: waits until sluice serves the version of ingress `name` whose Knative hash
+    /// is `hash` and reports it `Ready=True`; returns its `sluice get ingress` entry.
+    async fn wait_listed_ready(&self, name: &str, hash: &str) -> Value {
         let sluice = &self.stack.sluice;
+        let namespace = &self.namespace;
         let mut last = String::from("nothing yet");
         let found = poll_until(READY_TIMEOUT, async || {
             let config = sluice.admin_get("/debug/config?type=RDS").await;
@@ -380,11 +564,11 @@ impl Env {
                 last = format!(
                     "sluice's served route configurations do not carry the spec's hash {hash} \
                      yet; ingress listing: {}",
-                    listed(sluice, name).await.unwrap_or(Value::Null)
+                    listed(sluice, namespace, name).await.unwrap_or(Value::Null)
                 );
                 return None;
             }
-            let entry = listed(sluice, name).await?;
+            let entry = listed(sluice, namespace, name).await?;
             if ready_condition(&entry)["status"] == "True" {
                 Some(entry)
             } else {
@@ -395,20 +579,108 @@ impl Env {
         .await;
         found.unwrap_or_else(|| {
             panic!(
-                "ingress {NAMESPACE}/{name} (hash {hash}) did not become Ready within \
+                "ingress {namespace}/{name} (hash {hash}) did not become Ready within \
                  {READY_TIMEOUT:?}; last: {last}"
             )
         })
     }
 
+    /// Kubernetes mode: waits until the API server holds ingress `name` with `Ready=True`
+    /// observed at its current generation (Knative's `IsReady`).
+    async fn wait_api_ready(&self, applier: &Applier, name: &str) -> IngressResource {
+        let api: Api<IngressResource> = Api::namespaced(applier.client().clone(), &self.namespace);
+        let mut last = String::from("nothing yet");
+        let found = poll_until(READY_TIMEOUT, async || {
+            let ingress = match api.get(name).await {
+                Ok(ingress) => ingress,
+                Err(e) => {
+                    last = format!("get failed: {e}");
+                    return None;
+                }
+            };
+            let status = ingress.status.as_ref();
+            let observed = status.and_then(|s| s.observed_generation);
+            let ready = status
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == "True");
+            if ready && observed.is_some() && observed == ingress.metadata.generation {
+                return Some(ingress);
+            }
+            last = format!(
+                "generation {:?}, status {:?}",
+                ingress.metadata.generation, ingress.status
+            );
+            None
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "ingress {}/{name} was not Ready at its generation within {READY_TIMEOUT:?}; \
+                 last: {last}",
+                self.namespace
+            )
+        })
+    }
+
+    /// Ready at a generation means Envoy holds that spec's routes, probe twins and their
+    /// `K-Network-Hash` included: sluice's served route configurations must carry `hash`.
+    async fn expect_hash_served(&self, name: &str, hash: &str) {
+        let config = self.stack.sluice.admin_get("/debug/config?type=RDS").await;
+        assert!(
+            config.body.contains(hash),
+            "ingress {}/{name} is Ready at its generation, but sluice's served route \
+             configurations do not carry the spec's hash {hash}",
+            self.namespace
+        );
+    }
+
+    /// `TestIngressClass`'s check, 2 s after ingress `name` (not of sluice's class) was
+    /// written: sluice did not pick it up. Everywhere sluice lists it as not owned, with no
+    /// condition `True` and no load balancers; in Kubernetes mode, as upstream checks, the API
+    /// server also still holds it exactly as it was created (sluice wrote no status).
+    pub async fn expect_not_picked_up(&self, case: &str, name: &str) {
+        let entry = self
+            .listed(name)
+            .await
+            .unwrap_or_else(|| panic!("{case}: ingress {name} was not even read by sluice"));
+        let conditions = entry["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            entry["owned"] == false
+                && ready_condition(&entry)["status"] != "True"
+                && conditions.iter().all(|c| c["status"] != "True")
+                && entry["status"]["publicLoadBalancer"].is_null()
+                && entry["status"]["privateLoadBalancer"].is_null(),
+            "{case}: ingress {name} must not be picked up; sluice lists {entry}"
+        );
+        if let Objects::Api { applier, applied } = &self.objects {
+            let key = format!("Ingress/{name}");
+            let created = applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| panic!("{case}: ingress {name} was never applied"));
+            let now = applier
+                .get(&created)
+                .await
+                .unwrap_or_else(|| panic!("{case}: ingress {name} is gone"));
+            let now = serde_json::to_value(now).expect("an ingress as JSON");
+            assert_eq!(
+                now, created,
+                "{case}: ingress {name} must be left as created (sluice must not reconcile an \
+                 ingress of another class)"
+            );
+        }
+    }
+
     /// The address of the ingress's private load balancer (Envoy's internal listener), after
     /// checking the status names one (`Status.PrivateLoadBalancer.Ingress[0].DomainInternal`).
     pub fn private_load_balancer(&self, ingress: &ReadyIngress) -> SocketAddr {
-        let domain = ingress.status["status"]["privateLoadBalancer"][0]["domainInternal"]
-            .as_str()
-            .unwrap_or_default();
         assert!(
-            !domain.is_empty(),
+            !ingress.private_domain.is_empty(),
             "ingress {} has no status.privateLoadBalancer[0].domainInternal: {}",
             ingress.name(),
             ingress.status
@@ -416,9 +688,10 @@ impl Env {
         self.stack.internal_http_addr()
     }
 
-    /// The entry of ingress `NAMESPACE/name` in `sluice get ingress -o json`, if listed.
+    /// The entry of ingress `name` (in this case's namespace) in `sluice get ingress -o json`,
+    /// if listed.
     pub async fn listed(&self, name: &str) -> Option<Value> {
-        listed(&self.stack.sluice, name).await
+        listed(&self.stack.sluice, &self.namespace, name).await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -487,12 +760,21 @@ fn ingress_file(name: &str) -> String {
     format!("ing-{name}.yaml")
 }
 
-/// The entry of `NAMESPACE/name` in `sluice get ingress -o json`.
-async fn listed(sluice: &super::Sluice, name: &str) -> Option<Value> {
+/// `kind/name` of an object given as JSON.
+fn object_key(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        object["kind"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// The entry of `namespace/name` in `sluice get ingress -o json`.
+async fn listed(sluice: &Sluice, namespace: &str, name: &str) -> Option<Value> {
     let all = sluice.ingresses().await;
     all.as_array()?
         .iter()
-        .find(|i| i["namespace"] == NAMESPACE && i["name"] == name)
+        .find(|i| i["namespace"] == namespace && i["name"] == name)
         .cloned()
 }
 
@@ -527,11 +809,11 @@ pub async fn runtime_request(
     })
 }
 
-/// An ingress `NAMESPACE/name` of sluice's class over `rules`, with what `CreateIngress` adds:
+/// An ingress `namespace/name` of sluice's class over `rules`, with what `CreateIngress` adds:
 /// Knative's `SetDefaults` (visibility `ExternalIP`, 100% for a lone split without a percent)
 /// and the suite's `httpOption: Enabled`.
-pub fn ingress_with_defaults(name: &str, rules: Vec<Rule>) -> Ingress {
-    let mut ingress = Ingress::new(NAMESPACE, name).class(Some(INGRESS_CLASS));
+pub fn ingress_with_defaults(namespace: &str, name: &str, rules: Vec<Rule>) -> Ingress {
+    let mut ingress = Ingress::new(namespace, name).class(Some(INGRESS_CLASS));
     for mut rule in rules {
         rule.visibility
             .get_or_insert_with(|| "ExternalIP".to_string());
@@ -547,9 +829,9 @@ pub fn ingress_with_defaults(name: &str, rules: Vec<Rule>) -> Ingress {
     ingress.http_option("Enabled")
 }
 
-/// A split to Service `NAMESPACE/service.name` port `service.port`.
+/// A split to Service `service` (its namespace and port).
 pub fn split_to(service: &Service) -> Split {
-    Split::new(NAMESPACE, &service.name, service.port)
+    Split::new(&service.namespace, &service.name, service.port)
 }
 
 /// One path, no match, one split to `service`.

@@ -1,8 +1,9 @@
 //! In-process stand-ins for the container images Knative's ingress conformance suite deploys
 //! behind its Services (knative.dev/networking `test/test_images/`): `runtime`, `timeout`,
 //! `retry`, `wsserver`, `grpc-ping` and `httpproxy`. Each is an [`Image`]: one server on a
-//! fresh 127.0.0.1 port speaking HTTP/1.1 and h2c (prior knowledge), stopped (with all its
-//! connections) when dropped.
+//! fresh port of the given address (its "Pod IP": 127.0.0.1 in file mode, the test address in
+//! Kubernetes mode, where EndpointSlices refuse loopback) speaking HTTP/1.1 and h2c (prior
+//! knowledge), stopped (with all its connections) when dropped.
 //!
 //! Like the real images, every one of them sits behind Knative's probe handler
 //! (`pkg/http/probe`): a request carrying `K-Network-Probe: probe` is answered right there with
@@ -31,7 +32,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,20 +89,21 @@ pub struct Image {
 
 impl Image {
     /// Knative's `runtime` image: every path answers with a JSON [`RuntimeInfo`].
-    pub fn runtime(name: &str) -> Image {
-        Image::serve(name, Arc::new(|req, _ctx| Box::pin(runtime(req))))
+    pub fn runtime(ip: IpAddr, name: &str) -> Image {
+        Image::serve(ip, name, Arc::new(|req, _ctx| Box::pin(runtime(req))))
     }
 
     /// Knative's `timeout` image: `?initialTimeout=<ms>` before the head, `?timeout=<ms>`
     /// between the head and the body.
-    pub fn timeout(name: &str) -> Image {
-        Image::serve(name, Arc::new(|req, _ctx| Box::pin(timeout(req))))
+    pub fn timeout(ip: IpAddr, name: &str) -> Image {
+        Image::serve(ip, name, Arc::new(|req, _ctx| Box::pin(timeout(req))))
     }
 
     /// Knative's `retry` image: 503 on the first request, 200 on every later one.
-    pub fn retry(name: &str) -> Image {
+    pub fn retry(ip: IpAddr, name: &str) -> Image {
         let served = Arc::new(AtomicUsize::new(0));
         Image::serve(
+            ip,
             name,
             Arc::new(move |_req, _ctx| {
                 let n = served.fetch_add(1, Ordering::SeqCst);
@@ -116,18 +118,20 @@ impl Image {
     }
 
     /// Knative's `wsserver` image with `SUFFIX=suffix`: echoes `<message> <suffix>`.
-    pub fn wsserver(name: &str, suffix: &str) -> Image {
+    pub fn wsserver(ip: IpAddr, name: &str, suffix: &str) -> Image {
         let suffix: Arc<str> = Arc::from(suffix);
         Image::serve(
+            ip,
             name,
             Arc::new(move |req, ctx| Box::pin(wsserver(req, ctx, suffix.clone()))),
         )
     }
 
     /// Knative's `grpc-ping` image with `SUFFIX=suffix`.
-    pub fn grpc_ping(name: &str, suffix: &str) -> Image {
+    pub fn grpc_ping(ip: IpAddr, name: &str, suffix: &str) -> Image {
         let suffix: Arc<str> = Arc::from(suffix);
         Image::serve(
+            ip,
             name,
             Arc::new(move |req, _ctx| Box::pin(grpc_ping(req, suffix.clone()))),
         )
@@ -135,11 +139,12 @@ impl Image {
 
     /// Knative's `httpproxy` image with `TARGET_HOST=target_host` and the gateway
     /// (`GATEWAY_HOST`) at `gateway`: every request goes to `gateway` with `Host: target_host`.
-    pub fn httpproxy(name: &str, target_host: &str, gateway: SocketAddr) -> Image {
+    pub fn httpproxy(ip: IpAddr, name: &str, target_host: &str, gateway: SocketAddr) -> Image {
         let target: Arc<str> = Arc::from(target_host);
         let client: LegacyClient<HttpConnector, Incoming> =
             LegacyClient::builder(TokioExecutor::new()).build_http();
         Image::serve(
+            ip,
             name,
             Arc::new(move |req, _ctx| {
                 Box::pin(httpproxy(req, client.clone(), target.clone(), gateway))
@@ -147,10 +152,11 @@ impl Image {
         )
     }
 
-    /// Serves `handler` (behind the probe handler) on a fresh 127.0.0.1 port. Needs a Tokio
+    /// Serves `handler` (behind the probe handler) on a fresh port of `ip`. Needs a Tokio
     /// runtime.
-    fn serve(name: &str, handler: Handler) -> Image {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind image listener");
+    fn serve(ip: IpAddr, name: &str, handler: Handler) -> Image {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .unwrap_or_else(|e| panic!("bind image {name}'s listener on {ip}: {e}"));
         listener
             .set_nonblocking(true)
             .expect("set image listener non-blocking");

@@ -39,6 +39,7 @@ macro_rules! in_both_modes {
 pub mod backend;
 pub mod client;
 pub mod cluster;
+#[macro_use]
 pub mod conformance;
 pub mod envoy;
 pub mod images;
