@@ -32,6 +32,10 @@ pub struct CheckArgs {
     /// know it; in a cluster, instead of port-forwards to the proxy pods.
     #[arg(long, value_name = "HOST:PORT")]
     envoy_admin_addr: Option<String>,
+    /// Only the ingresses of this namespace (repeatable), as for a sluice that watches only
+    /// some (`serve --namespace`); ClusterIngresses always count. Every namespace by default.
+    #[arg(long, value_name = "NS")]
+    ingress_namespace: Vec<String>,
     /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -80,7 +84,7 @@ fn skip(name: &'static str, message: &str) -> Check {
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let checks = match args.target.connect(&args.namespace).await {
-        Ok(backend) => run_checks(&backend, args.envoy_admin_addr.as_deref()).await,
+        Ok(backend) => run_checks(&backend, &args).await,
         Err(error) => vec![check("control plane healthy", Err(format!("{error:#}")))],
     };
     let failed = checks.iter().filter(|c| c.status == Verdict::Fail).count();
@@ -117,7 +121,7 @@ fn verdict(problems: Vec<String>, ok: String) -> Result<String, String> {
     }
 }
 
-async fn run_checks(backend: &Backend, envoy_admin: Option<&str>) -> Vec<Check> {
+async fn run_checks(backend: &Backend, args: &CheckArgs) -> Vec<Check> {
     let mut checks = match backend.health().await {
         Err(error) => {
             let error = format!("{error:#}");
@@ -140,20 +144,30 @@ async fn run_checks(backend: &Backend, envoy_admin: Option<&str>) -> Vec<Check> 
         Ok(envoys) => checks.extend(envoy_checks(&envoys)),
     }
     const COUNTERS: &str = "Envoy update_rejected counters";
-    checks.push(match backend.envoy_admins(envoy_admin).await {
-        Err(error) => check(COUNTERS, Err(format!("{error:#}"))),
-        Ok(admins) if admins.is_empty() => skip(
-            COUNTERS,
-            "no Envoy admin address known; pass --envoy-admin-addr, or use `sluice up` (in a \
+    checks.push(
+        match backend.envoy_admins(args.envoy_admin_addr.as_deref()).await {
+            Err(error) => check(COUNTERS, Err(format!("{error:#}"))),
+            Ok(admins) if admins.is_empty() => skip(
+                COUNTERS,
+                "no Envoy admin address known; pass --envoy-admin-addr, or use `sluice up` (in a \
              cluster: no proxy pod is running)",
-        ),
-        Ok(admins) => check(COUNTERS, rejected_counters(&admins).await),
-    });
+            ),
+            Ok(admins) => check(COUNTERS, rejected_counters(&admins).await),
+        },
+    );
     checks.push(check(
         "ingresses Ready",
         match backend.ingresses(None).await {
             Err(error) => Err(format!("{error:#}")),
-            Ok(ingresses) => ingresses_ready(&ingresses),
+            Ok(mut ingresses) => {
+                let namespaces = &args.ingress_namespace;
+                ingresses.retain(|i| {
+                    namespaces.is_empty()
+                        || i.namespace.is_empty()
+                        || namespaces.contains(&i.namespace)
+                });
+                ingresses_ready(&ingresses)
+            }
         },
     ));
     checks

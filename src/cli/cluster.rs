@@ -24,7 +24,7 @@ use sluice::knative::{
 use sluice::status::{self, IngressView, RuleView};
 
 use super::admin_api::{self, AdminApi};
-use super::dial::{Dialer, PodPort};
+use super::dial::{Dialer, PodPort, kube_error};
 use super::local::PROXIES;
 use super::model::{Envoy, Health, Proxy, ProxyPort, ServedConfig, ServedTarget};
 use super::proxy::Endpoint;
@@ -87,7 +87,7 @@ impl Cluster {
                 knative::API_GROUP,
                 knative::API_VERSION
             ),
-            other => other.with_context(|| {
+            other => other.map_err(kube_error).with_context(|| {
                 format!(
                     "cannot list Knative Ingresses from the API server at {}",
                     self.server
@@ -107,6 +107,7 @@ impl Cluster {
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             other => views.extend(
                 other
+                    .map_err(kube_error)
                     .with_context(|| {
                         format!(
                             "cannot list ClusterIngresses from the API server at {}",
@@ -191,6 +192,7 @@ impl Cluster {
         self.api::<Service>()
             .get_opt(name)
             .await
+            .map_err(kube_error)
             .with_context(|| {
                 format!(
                     "cannot read Service {}/{name} from the API server at {}",
@@ -286,6 +288,7 @@ impl Cluster {
             .api::<Pod>()
             .list(&ListParams::default().labels_from(&selector))
             .await
+            .map_err(kube_error)
             .with_context(|| format!("cannot list the pods of Service {}/{name}", self.namespace))?
             .items;
         pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -305,6 +308,7 @@ impl Cluster {
         Api::<Node>::all(self.client.clone())
             .get(&node)
             .await
+            .map_err(kube_error)
             .with_context(|| format!("cannot read node {node}, where a pod of {name} runs"))
     }
 
@@ -379,6 +383,7 @@ impl Cluster {
                     .labels(&format!("kubernetes.io/service-name={SLUICE_SERVICE}")),
             )
             .await
+            .map_err(kube_error)
             .with_context(|| {
                 format!(
                     "cannot list the EndpointSlices of Service {}/{SLUICE_SERVICE} from the API \
@@ -405,11 +410,10 @@ impl Cluster {
                     .target_ref
                     .filter(|r| r.kind.as_deref() == Some("Pod"))
                     .and_then(|r| r.name);
-                let name = pod.clone().unwrap_or_else(|| address.clone());
+                let at = format!("{}:{port}", bracket(address));
+                let name = pod.clone().unwrap_or_else(|| at.clone());
                 let dialer = match (self.via, pod) {
-                    (ReplicaAccess::PodIp, _) => {
-                        Dialer::Tcp(format!("{}:{port}", bracket(address)))
-                    }
+                    (ReplicaAccess::PodIp, _) => Dialer::Tcp(at),
                     (ReplicaAccess::PortForward, Some(pod)) => self.port_forward(pod, port),
                     (ReplicaAccess::PortForward, None) => bail!(
                         "endpoint {address} of Service {}/{SLUICE_SERVICE} names no pod, so it \
@@ -511,6 +515,7 @@ impl Cluster {
         self.api::<Deployment>()
             .get_opt(name)
             .await
+            .map_err(kube_error)
             .with_context(|| {
                 format!(
                     "cannot read Deployment {}/{name} from the API server at {}",
@@ -573,6 +578,7 @@ impl Cluster {
             .api::<Pod>()
             .list(&ListParams::default().labels_from(&selector))
             .await
+            .map_err(kube_error)
             .with_context(|| {
                 format!(
                     "cannot list the pods of Deployment {}/{name}",

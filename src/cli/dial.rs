@@ -1,6 +1,7 @@
 //! How a command reaches a process's HTTP or gRPC port: a TCP address, or a port-forward
 //! through the API server to a pod (as `kubectl port-forward` does, with no local port).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +19,19 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A byte stream to a port.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A Kubernetes error as the API server put it, without the debug form of its Status.
+pub fn kube_error(error: kube::Error) -> anyhow::Error {
+    match error {
+        kube::Error::Api(status) => anyhow::anyhow!(
+            "the API server answered {} {}: {}",
+            status.code,
+            status.reason,
+            status.message
+        ),
+        other => anyhow::Error::new(other),
+    }
+}
 
 #[derive(Clone)]
 pub enum Dialer {
@@ -64,7 +78,11 @@ impl Dialer {
                     pod,
                     port,
                 } = to.as_ref();
-                let mut forwarder = pods.portforward(pod, &[*port]).await.with_context(|| {
+                let mut forwarder = pods
+                    .portforward(pod, &[*port])
+                    .await
+                    .map_err(kube_error)
+                    .with_context(|| {
                     format!(
                         "cannot port-forward to pod {namespace}/{pod} port {port} through the API \
                          server; the same as `kubectl -n {namespace} port-forward pod/{pod} \
@@ -98,15 +116,22 @@ impl Dialer {
                 .connect()
                 .await?),
             Dialer::PortForward(_) => {
+                // The first connection's stream is opened here, so that a refused port-forward
+                // reads as the API server's answer rather than as a transport error.
+                let first = Arc::new(Mutex::new(Some(self.open().await?)));
                 let dialer = self.clone();
                 let connector = tower::service_fn(move |_: hyper::Uri| {
                     let dialer = dialer.clone();
+                    let opened = first.lock().unwrap_or_else(|p| p.into_inner()).take();
                     async move {
-                        dialer
-                            .open()
-                            .await
-                            .map(TokioIo::new)
-                            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+                        let io = match opened {
+                            Some(io) => io,
+                            None => dialer
+                                .open()
+                                .await
+                                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)?,
+                        };
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(io))
                     }
                 });
                 Ok(Endpoint::from_static("http://sluice.port-forward")

@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cli;
 mod install;
 mod kit;
 mod replicas;
@@ -104,6 +105,7 @@ fn trials() -> Vec<Trial> {
         install::least_privilege,
     ));
     trials.push(trial("install::install_knative", install::install_knative));
+    trials.extend(cli::trials());
     trials
 }
 
