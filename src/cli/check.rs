@@ -3,26 +3,39 @@
 use clap::Args;
 use serde::Serialize;
 
+use sluice::status::IngressView;
+
 use super::output::{self, Output};
-use super::{Backend, Target, proxy};
+use super::{Backend, Dialer, Envoy, Health, SYSTEM_NAMESPACE, Target, proxy};
 
 /// Check that everything serves: one line per check, non-zero exit if any fails.
 ///
-/// Checks, in order: the control plane is healthy and ready; some Envoy is connected; every
-/// connected Envoy has every xDS type SYNCED (no update pending, no NACK); Envoy's
-/// `update_rejected` counters are zero; every ingress this control plane owns is Ready (each
-/// one that is not is named, with its reason).
+/// Checks, in order: the control plane is healthy and ready; (in a cluster) both proxy
+/// Deployments have their replicas available; some Envoy is connected; every connected Envoy
+/// has every xDS type SYNCED (no update pending, no NACK); Envoy's `update_rejected` counters
+/// are zero; every ingress this control plane owns is Ready (each one that is not is named,
+/// with its reason).
 ///
 /// Locally the counters come from the Envoy that `sluice up` started, or the one at
-/// --envoy-admin-addr; with neither, that check is skipped.
+/// --envoy-admin-addr; with neither, that check is skipped. In a cluster, health and Envoys
+/// come from every sluice replica (see `sluice proxy status`), the counters from every running
+/// proxy pod through port-forwards (or --envoy-admin-addr), and the ingresses' readiness from
+/// the status the API server holds.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
     target: Target,
+    /// In a cluster: the namespace of sluice and its proxies.
+    #[arg(short, long, default_value = SYSTEM_NAMESPACE)]
+    namespace: String,
     /// The admin address of an Envoy whose counters to check, when the control plane does not
-    /// know it.
+    /// know it; in a cluster, instead of port-forwards to the proxy pods.
     #[arg(long, value_name = "HOST:PORT")]
     envoy_admin_addr: Option<String>,
+    /// Only the ingresses of this namespace (repeatable), as for a sluice that watches only
+    /// some (`serve --namespace`); ClusterIngresses always count. Every namespace by default.
+    #[arg(long, value_name = "NS")]
+    ingress_namespace: Vec<String>,
     /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -61,9 +74,17 @@ fn check(name: &'static str, result: Result<String, String>) -> Check {
     }
 }
 
+fn skip(name: &'static str, message: &str) -> Check {
+    Check {
+        name,
+        status: Verdict::Skip,
+        message: message.to_owned(),
+    }
+}
+
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
-    let checks = match args.target.connect().await {
-        Ok(backend) => run_checks(&backend, args.envoy_admin_addr.as_deref()).await?,
+    let checks = match args.target.connect(&args.namespace).await {
+        Ok(backend) => run_checks(&backend, &args).await,
         Err(error) => vec![check("control plane healthy", Err(format!("{error:#}")))],
     };
     let failed = checks.iter().filter(|c| c.status == Verdict::Fail).count();
@@ -91,24 +112,100 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_checks(backend: &Backend, envoy_admin: Option<&str>) -> anyhow::Result<Vec<Check>> {
-    let health = backend.health().await?;
-    let mut checks = vec![
-        check(
-            "control plane healthy",
-            health
-                .healthy
-                .map(|()| format!("sluice at {} answers", health.at)),
-        ),
-        check(
-            "control plane ready",
-            health
-                .ready
-                .map(|()| "the first full load of the source is translated and served".to_owned()),
-        ),
-    ];
-    let envoys = backend.envoys().await?;
+/// `problems` as a check's failure, else `ok`.
+fn verdict(problems: Vec<String>, ok: String) -> Result<String, String> {
+    if problems.is_empty() {
+        Ok(ok)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+async fn run_checks(backend: &Backend, args: &CheckArgs) -> Vec<Check> {
+    let mut checks = match backend.health().await {
+        Err(error) => {
+            let error = format!("{error:#}");
+            vec![
+                check("control plane healthy", Err(error.clone())),
+                check("control plane ready", Err(error)),
+            ]
+        }
+        Ok(health) => health_checks(&health),
+    };
+    if let Some(deployments) = backend.proxy_deployments().await {
+        checks.push(check("proxy Deployments available", deployments));
+    }
+    match backend.envoys().await {
+        Err(error) => {
+            let error = format!("{error:#}");
+            checks.push(check("Envoys connected", Err(error.clone())));
+            checks.push(check("Envoys in sync", Err(error)));
+        }
+        Ok(envoys) => checks.extend(envoy_checks(&envoys)),
+    }
+    const COUNTERS: &str = "Envoy update_rejected counters";
+    checks.push(
+        match backend.envoy_admins(args.envoy_admin_addr.as_deref()).await {
+            Err(error) => check(COUNTERS, Err(format!("{error:#}"))),
+            Ok(admins) if admins.is_empty() => skip(
+                COUNTERS,
+                "no Envoy admin address known; pass --envoy-admin-addr, or use `sluice up` (in a \
+             cluster: no proxy pod is running)",
+            ),
+            Ok(admins) => check(COUNTERS, rejected_counters(&admins).await),
+        },
+    );
     checks.push(check(
+        "ingresses Ready",
+        match backend.ingresses(None).await {
+            Err(error) => Err(format!("{error:#}")),
+            Ok(mut ingresses) => {
+                let namespaces = &args.ingress_namespace;
+                ingresses.retain(|i| {
+                    namespaces.is_empty()
+                        || i.namespace.is_empty()
+                        || namespaces.contains(&i.namespace)
+                });
+                ingresses_ready(&ingresses)
+            }
+        },
+    ));
+    checks
+}
+
+fn health_checks(health: &[Health]) -> Vec<Check> {
+    let mut unhealthy = Vec::new();
+    let mut unready = Vec::new();
+    for one in health {
+        if let Err(error) = &one.healthy {
+            unhealthy.push(format!("{}: {error}", one.at));
+        }
+        if let Err(error) = &one.ready {
+            unready.push(format!("{}: {error}", one.at));
+        }
+    }
+    let answering = match health {
+        [one] => format!("sluice at {} answers", one.at),
+        many => {
+            let names: Vec<&str> = many.iter().map(|h| h.at.as_str()).collect();
+            format!("{} replicas answer: {}", many.len(), names.join(", "))
+        }
+    };
+    let ready = match health {
+        [_] => "the first full load of the source is translated and served".to_owned(),
+        many => format!(
+            "{} replicas translated and serve the first full load",
+            many.len()
+        ),
+    };
+    vec![
+        check("control plane healthy", verdict(unhealthy, answering)),
+        check("control plane ready", verdict(unready, ready)),
+    ]
+}
+
+fn envoy_checks(envoys: &[Envoy]) -> [Check; 2] {
+    let connected = check(
         "Envoys connected",
         if envoys.is_empty() {
             Err(
@@ -119,7 +216,7 @@ async fn run_checks(backend: &Backend, envoy_admin: Option<&str>) -> anyhow::Res
         } else {
             Ok(format!("{} connected", envoys.len()))
         },
-    ));
+    );
     let unsynced: Vec<String> = envoys
         .iter()
         .flat_map(|envoy| {
@@ -134,7 +231,7 @@ async fn run_checks(backend: &Backend, envoy_admin: Option<&str>) -> anyhow::Res
             })
         })
         .collect();
-    checks.push(check(
+    let in_sync = check(
         "Envoys in sync",
         if unsynced.is_empty() {
             Ok(format!(
@@ -147,34 +244,36 @@ async fn run_checks(backend: &Backend, envoy_admin: Option<&str>) -> anyhow::Res
                 unsynced.join("; ")
             ))
         },
-    ));
-    checks.push(match backend.envoy_admin("", envoy_admin).await? {
-        None => Check {
-            name: "Envoy update_rejected counters",
-            status: Verdict::Skip,
-            message: "no Envoy admin address known; pass --envoy-admin-addr, or use `sluice up`"
-                .to_owned(),
-        },
-        Some(address) => check(
-            "Envoy update_rejected counters",
-            match proxy::envoy_counters(&address, "update_rejected$").await {
-                Err(error) => Err(format!("{error:#}")),
-                Ok(counters) => {
-                    let rejected: Vec<String> = counters
-                        .iter()
-                        .filter(|(_, value)| *value > 0)
-                        .map(|(name, value)| format!("{name}={value}"))
-                        .collect();
-                    if rejected.is_empty() {
-                        Ok(format!("all {} zero at {address}", counters.len()))
-                    } else {
-                        Err(format!("{} at {address}", rejected.join(", ")))
-                    }
+    );
+    [connected, in_sync]
+}
+
+/// Whether every `update_rejected` counter of every Envoy admin is zero.
+async fn rejected_counters(admins: &[Dialer]) -> Result<String, String> {
+    let mut problems = Vec::new();
+    let mut zero = Vec::new();
+    for admin in admins {
+        let address = admin.describe();
+        match proxy::envoy_counters(admin, "update_rejected$").await {
+            Err(error) => problems.push(format!("{error:#}")),
+            Ok(counters) => {
+                let rejected: Vec<String> = counters
+                    .iter()
+                    .filter(|(_, value)| *value > 0)
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect();
+                if rejected.is_empty() {
+                    zero.push(format!("all {} zero at {address}", counters.len()));
+                } else {
+                    problems.push(format!("{} at {address}", rejected.join(", ")));
                 }
-            },
-        ),
-    });
-    let ingresses = backend.ingresses().await?;
+            }
+        }
+    }
+    verdict(problems, zero.join("; "))
+}
+
+fn ingresses_ready(ingresses: &[IngressView]) -> Result<String, String> {
     let owned: Vec<_> = ingresses.iter().filter(|i| i.owned).collect();
     let not_ready: Vec<String> = owned
         .iter()
@@ -197,18 +296,14 @@ async fn run_checks(backend: &Backend, envoy_admin: Option<&str>) -> anyhow::Res
             })
         })
         .collect();
-    checks.push(check(
-        "ingresses Ready",
-        if not_ready.is_empty() {
-            Ok(format!("{} owned ingress(es) Ready", owned.len()))
-        } else {
-            Err(format!(
-                "{} of {} not Ready: {}",
-                not_ready.len(),
-                owned.len(),
-                not_ready.join("; ")
-            ))
-        },
-    ));
-    Ok(checks)
+    if not_ready.is_empty() {
+        Ok(format!("{} owned ingress(es) Ready", owned.len()))
+    } else {
+        Err(format!(
+            "{} of {} not Ready: {}",
+            not_ready.len(),
+            owned.len(),
+            not_ready.join("; ")
+        ))
+    }
 }

@@ -8,11 +8,10 @@ use clap::Args;
 use sluice::knative::Visibility;
 use sluice::status::IngressView;
 
-use super::{Target, http, output, proxy};
+use super::{SYSTEM_NAMESPACE, Target, http, output, proxy};
 
 /// The label Knative puts on the ingress of a service's route.
 const SERVICE_LABEL: &str = "serving.knative.dev/service";
-const PROXY_NAMESPACE: &str = "gloo-system";
 
 /// Send a request to a Knative service through its proxy, as knctl's `curl` does.
 ///
@@ -21,7 +20,9 @@ const PROXY_NAMESPACE: &str = "gloo-system";
 /// (`Running: curl -sS -H 'Host: <host>' <url><path>`), then sends the request itself (no curl
 /// needed) and prints the response body. Exits non-zero on a connection error or a 5xx.
 ///
-/// Locally the URL is the listener the control plane gives its Envoys. With --https the
+/// Locally the URL is the listener the control plane gives its Envoys; in a cluster the
+/// ingress comes from the API server and the URL from the proxy's Service, by the rules of
+/// `sluice proxy url` (--local-cluster as there). With --https the
 /// request goes to the HTTPS listener with the host as TLS server name, checked against the
 /// Mozilla roots, or --cacert, or not at all with --insecure; the printed command then
 /// resolves the host to the proxy's address, so that curl sends the same server name.
@@ -35,6 +36,13 @@ pub struct CurlArgs {
     /// The service's namespace.
     #[arg(short, long, default_value = "default")]
     namespace: String,
+    /// In a cluster: the namespace of sluice and its proxies.
+    #[arg(long, default_value = SYSTEM_NAMESPACE, value_name = "NS")]
+    system_namespace: String,
+    /// In a cluster: take the proxy's Service as a NodePort at a node's InternalIP (minikube,
+    /// kind), as `sluice proxy url --local-cluster`.
+    #[arg(short, long)]
+    local_cluster: bool,
     /// The request's path, with its query if any.
     #[arg(long, default_value = "/")]
     path: String,
@@ -58,8 +66,8 @@ pub async fn run(args: CurlArgs) -> anyhow::Result<()> {
     } else {
         format!("/{}", args.path)
     };
-    let backend = args.target.connect().await?;
-    let ingresses = backend.ingresses().await?;
+    let backend = args.target.connect(&args.system_namespace).await?;
+    let ingresses = backend.ingresses(Some(&args.namespace)).await?;
     let ingress = find_ingress(&ingresses, &args.namespace, &args.service)?;
     let host = pick_host(ingress, args.internal)?;
     let proxy_name = if args.internal {
@@ -68,7 +76,9 @@ pub async fn run(args: CurlArgs) -> anyhow::Result<()> {
         "knative-external-proxy"
     };
     let port_name = if args.https { "https" } else { "http" };
-    let endpoint = proxy::endpoint(&backend, PROXY_NAMESPACE, proxy_name, port_name).await?;
+    let endpoint = backend
+        .endpoint(proxy_name, port_name, args.local_cluster)
+        .await?;
     let tls = if args.https {
         Some(http::Tls {
             server_name: host.to_owned(),

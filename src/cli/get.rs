@@ -6,7 +6,7 @@ use sluice::knative::Visibility;
 use sluice::status::IngressView;
 
 use super::output::{self, Output, Table, or_dash};
-use super::{Proxy, Target};
+use super::{Proxy, SYSTEM_NAMESPACE, Target};
 
 #[derive(Debug, Subcommand)]
 pub enum GetCommand {
@@ -14,8 +14,10 @@ pub enum GetCommand {
     /// VISIBILITY, AGE.
     ///
     /// Locally the control plane's view of the manifests it reads, with the conditions it
-    /// computes; AGE comes from metadata.creationTimestamp (`-` when a manifest has none).
-    /// ClusterIngresses are cluster-scoped: they are listed whatever the namespace.
+    /// computes. In a cluster the Ingresses as the API server holds them, with the status the
+    /// sluice replica holding the Lease wrote (an ingress is owned when its class annotation
+    /// names --ingress-class). AGE comes from metadata.creationTimestamp (`-` when a manifest
+    /// has none). ClusterIngresses are cluster-scoped: they are listed whatever the namespace.
     #[command(alias = "ingresses", alias = "ing")]
     Ingress(IngressArgs),
     /// Knative Routes: NAME, URL, TRAFFIC (one entry per target, `90% -> hello-00001`, a tag as
@@ -32,6 +34,10 @@ pub enum GetCommand {
     /// Locally both proxies listen where `sluice serve --listen-address` and the port flags
     /// say, and an Envoy counts for a proxy when its role gets that proxy's listeners (an
     /// Envoy without a proxy role, such as the one `sluice up` starts, counts for both).
+    ///
+    /// In a cluster the addresses and ports are those of each proxy's Service in -n (a
+    /// LoadBalancer's ingress addresses, a NodePort's node address and node ports, else the
+    /// cluster IP), and the Envoys are those connected to any sluice replica.
     #[command(alias = "proxies")]
     Proxy(ProxyArgs),
 }
@@ -60,8 +66,8 @@ pub struct IngressArgs {
 pub struct ProxyArgs {
     #[command(flatten)]
     target: Target,
-    /// The proxies' namespace: their role is `<namespace>~<name>`.
-    #[arg(short, long, default_value = "gloo-system")]
+    /// The namespace of sluice and its proxies (locally their role is `<namespace>~<name>`).
+    #[arg(short, long, default_value = SYSTEM_NAMESPACE)]
     namespace: String,
     /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
@@ -77,15 +83,10 @@ pub async fn run(command: GetCommand) -> anyhow::Result<()> {
 }
 
 async fn ingress(args: IngressArgs) -> anyhow::Result<()> {
-    let backend = args.target.connect().await?;
+    let backend = args.target.connect(SYSTEM_NAMESPACE).await?;
     let views: Vec<IngressView> = backend
-        .ingresses()
-        .await?
-        .into_iter()
-        .filter(|view| {
-            args.all_namespaces || view.namespace.is_empty() || view.namespace == args.namespace
-        })
-        .collect();
+        .ingresses((!args.all_namespaces).then_some(args.namespace.as_str()))
+        .await?;
     let now = jiff::Timestamp::now();
     output::print(args.output, &views, || {
         ingress_table(&views, args.all_namespaces, now)
@@ -203,8 +204,8 @@ fn human_duration(seconds: i64) -> String {
 }
 
 async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
-    let backend = args.target.connect().await?;
-    let proxies = backend.proxies(&args.namespace).await?;
+    let backend = args.target.connect(&args.namespace).await?;
+    let proxies = backend.proxies().await?;
     output::print(args.output, &proxies, || proxy_table(&proxies))
 }
 

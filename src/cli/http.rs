@@ -1,6 +1,6 @@
 //! A small HTTP/1.1 client on hyper for what the commands fetch: sluice's health endpoints,
-//! Envoy's admin interface, and the request `sluice curl` sends (over TLS with rustls when
-//! asked).
+//! Envoy's admin interface (over TCP or a port-forward), and the request `sluice curl` sends
+//! (over TLS with rustls when asked).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,18 +46,33 @@ pub async fn get(addr: &str, host: &str, path: &str, tls: Option<&Tls>) -> anyho
         .with_context(|| format!("no answer from {addr} within {REQUEST_TIMEOUT:?}"))?
 }
 
-async fn send(addr: &str, host: &str, path: &str, tls: Option<&Tls>) -> anyhow::Result<Reply> {
-    let tcp = TcpStream::connect(addr)
+/// `GET path` with `Host: host` over a connection already open (e.g. a port-forward).
+pub async fn get_on<S>(io: S, host: &str, path: &str) -> anyhow::Result<Reply>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let request = request(host, path)?;
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange(TokioIo::new(io), request))
         .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    let request = Request::get(path)
+        .with_context(|| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+}
+
+fn request(host: &str, path: &str) -> anyhow::Result<Request<Empty<Bytes>>> {
+    Request::get(path)
         .header(hyper::header::HOST, host)
         .header(
             hyper::header::USER_AGENT,
             concat!("sluice/", env!("CARGO_PKG_VERSION")),
         )
         .body(Empty::<Bytes>::new())
-        .with_context(|| format!("{path:?} is not a valid request path"))?;
+        .with_context(|| format!("{path:?} is not a valid request path"))
+}
+
+async fn send(addr: &str, host: &str, path: &str, tls: Option<&Tls>) -> anyhow::Result<Reply> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let request = request(host, path)?;
     let response = match tls {
         None => exchange(TokioIo::new(tcp), request).await,
         Some(tls) => {

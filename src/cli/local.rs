@@ -1,110 +1,82 @@
 //! The local backend: a control plane in file mode (`sluice serve`/`sluice up`), reached
-//! through its gRPC admin API and its HTTP health endpoints on `--admin-addr`.
+//! through its admin API on `--admin-addr`.
 
-use std::collections::BTreeMap;
+use std::time::Duration;
 
-use anyhow::Context;
-use tonic::transport::Channel;
+use anyhow::{Context, bail};
 
-use sluice::admin::api::{self, admin_client::AdminClient};
+use sluice::admin::api;
 use sluice::routes::status::RouteView;
 use sluice::status::IngressView;
 
-use super::http;
-use super::model::{
-    Envoy, Health, Nack, Proxy, ProxyPort, ServedConfig, ServedResource, ServedTarget, TypeSync,
-    XDS_TYPES,
-};
+use super::admin_api::AdminApi;
+use super::dial::Dialer;
+use super::model::{Envoy, Health, Proxy, ProxyPort, ServedConfig, ServedTarget};
+use super::proxy::Endpoint;
 
 pub struct Local {
     admin_addr: String,
-    client: AdminClient<Channel>,
+    api: AdminApi,
+    /// The proxies' namespace, as `-n` says: their role is `<namespace>~<name>`.
+    namespace: String,
 }
 
 /// The proxies a local control plane serves, and the Envoy groups that get their listeners.
-const PROXIES: [(&str, [&str; 2]); 2] = [
+pub const PROXIES: [(&str, [&str; 2]); 2] = [
     ("knative-external-proxy", ["External", "All"]),
     ("knative-internal-proxy", ["Internal", "All"]),
 ];
 
+/// How long the default admin address may take to answer before a command looks for a
+/// cluster instead.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Local {
-    pub async fn connect(admin_addr: &str) -> anyhow::Result<Local> {
-        let client = AdminClient::connect(format!("http://{admin_addr}"))
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach sluice's admin API at {admin_addr}; is `sluice serve` or \
-                     `sluice up` running? If it listens elsewhere, pass --admin-addr"
-                )
-            })?;
+    pub async fn connect(admin_addr: &str, namespace: &str) -> anyhow::Result<Local> {
+        let api = AdminApi::connect(
+            Dialer::Tcp(admin_addr.to_owned()),
+            "is it a sluice admin address (--admin-addr)?",
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach sluice's admin API at {admin_addr}; is `sluice serve` or \
+                 `sluice up` running? If it listens elsewhere, pass --admin-addr"
+            )
+        })?;
         Ok(Local {
             admin_addr: admin_addr.to_owned(),
-            client,
+            api,
+            namespace: namespace.to_owned(),
         })
     }
 
-    fn failed(&self, what: &str) -> String {
-        format!(
-            "{what} from sluice at {} failed; is it a sluice admin address (--admin-addr)?",
-            self.admin_addr
-        )
+    /// A control plane at `admin_addr` that answers as sluice does, within a few seconds.
+    pub async fn probe(admin_addr: &str, namespace: &str) -> anyhow::Result<Local> {
+        tokio::time::timeout(PROBE_TIMEOUT, async {
+            let local = Local::connect(admin_addr, namespace).await?;
+            local.api.server().await?;
+            Ok(local)
+        })
+        .await
+        .with_context(|| format!("sluice's admin API at {admin_addr} did not answer"))?
     }
 
     pub async fn ingresses(&self) -> anyhow::Result<Vec<IngressView>> {
-        let response = self
-            .client
-            .clone()
-            .list_ingresses(api::ListIngressesRequest {})
-            .await
-            .with_context(|| self.failed("listing ingresses"))?;
-        Ok(response
-            .into_inner()
-            .ingresses
-            .into_iter()
-            .map(IngressView::from)
-            .collect())
+        self.api.ingresses().await
     }
 
     pub async fn routes(&self) -> anyhow::Result<Vec<RouteView>> {
-        let response = self
-            .client
-            .clone()
-            .list_routes(api::ListRoutesRequest {})
-            .await
-            .with_context(|| self.failed("listing routes"))?;
-        Ok(response
-            .into_inner()
-            .routes
-            .into_iter()
-            .map(RouteView::from)
-            .collect())
+        self.api.routes().await
     }
 
     /// The names of the Services of `namespace`.
     pub async fn services(&self, namespace: &str) -> anyhow::Result<Vec<String>> {
-        let response = self
-            .client
-            .clone()
-            .list_services(api::ListServicesRequest {
-                namespace: namespace.to_owned(),
-            })
-            .await
-            .with_context(|| self.failed("listing services"))?;
-        Ok(response.into_inner().names)
+        self.api.services(namespace).await
     }
 
-    async fn server(&self) -> anyhow::Result<api::Server> {
-        let response = self
-            .client
-            .clone()
-            .get_server(api::GetServerRequest {})
-            .await
-            .with_context(|| self.failed("asking for the server's setup"))?;
-        Ok(response.into_inner())
-    }
-
-    pub async fn proxies(&self, namespace: &str) -> anyhow::Result<Vec<Proxy>> {
-        let server = self.server().await?;
+    pub async fn proxies(&self) -> anyhow::Result<Vec<Proxy>> {
+        let server = self.api.server().await?;
         let envoys = self.envoys().await?;
         Ok(PROXIES
             .into_iter()
@@ -121,7 +93,7 @@ impl Local {
                 addresses.dedup();
                 Proxy {
                     name: name.to_owned(),
-                    namespace: namespace.to_owned(),
+                    namespace: self.namespace.clone(),
                     addresses,
                     ports: listeners
                         .iter()
@@ -132,138 +104,77 @@ impl Local {
                             served: l.served,
                         })
                         .collect(),
-                    envoys: envoys
-                        .iter()
-                        .filter(|e| groups.contains(&e.group.as_str()))
-                        .count(),
+                    envoys: super::envoys_of(&envoys, groups),
                 }
             })
             .collect())
+    }
+
+    /// The listener of proxy `name` whose port is named `port`.
+    pub async fn endpoint(&self, name: &str, port: &str) -> anyhow::Result<Endpoint> {
+        let proxies = self.proxies().await?;
+        let Some(proxy) = proxies.iter().find(|p| p.name == name) else {
+            let known: Vec<&str> = proxies.iter().map(|p| p.name.as_str()).collect();
+            bail!(
+                "proxy {name} not found; this control plane serves {} (pick one with --name)",
+                known.join(" and ")
+            );
+        };
+        let Some(found) = proxy.port(port) else {
+            let known: Vec<&str> = proxy.ports.iter().map(|p| p.name.as_str()).collect();
+            bail!(
+                "named port not found: {name} has no port {port:?}; its ports are {} (--port)",
+                known.join(", ")
+            );
+        };
+        if !found.served {
+            eprintln!(
+                "warning: the {} listener of {name} is not served yet (HTTPS is, once an \
+                 ingress has a valid TLS secret); nothing answers there now",
+                found.listener
+            );
+        }
+        let host = proxy
+            .addresses
+            .first()
+            .with_context(|| format!("{name} has no address"))?;
+        Ok(Endpoint::new(&found.name, format!("{host}:{}", found.port)))
     }
 
     pub async fn envoys(&self) -> anyhow::Result<Vec<Envoy>> {
-        let response = self
-            .client
-            .clone()
-            .list_envoys(api::ListEnvoysRequest {})
-            .await
-            .with_context(|| self.failed("listing the connected Envoys"))?;
-        Ok(response
-            .into_inner()
-            .envoys
-            .into_iter()
-            .map(|envoy| {
-                let mut types: BTreeMap<String, TypeSync> = XDS_TYPES
-                    .iter()
-                    .map(|t| ((*t).to_owned(), TypeSync::not_sent()))
-                    .collect();
-                for sync in envoy.types {
-                    types.insert(
-                        sync.r#type,
-                        TypeSync {
-                            status: sync.status,
-                            acked_version: sync.acked_version,
-                            acked_resources: sync.acked_resources,
-                            last_nack: sync.last_nack.map(|nack| Nack {
-                                version: nack.version,
-                                message: nack.message,
-                                resources: nack.resources,
-                            }),
-                        },
-                    );
-                }
-                Envoy {
-                    node: envoy.node_id,
-                    role: Some(envoy.role).filter(|r| !r.is_empty()),
-                    group: envoy.group,
-                    mode: envoy.mode,
-                    replica: envoy.replica_id,
-                    connected_seconds: envoy.connected_seconds,
-                    types,
-                }
-            })
-            .collect())
+        self.api.envoys().await
     }
 
     pub async fn served_config(&self, target: &ServedTarget) -> anyhow::Result<ServedConfig> {
-        use api::get_served_config_request::Target;
-        let (node, role, request) = match target {
-            ServedTarget::Node(node) => (Some(node.clone()), None, Target::NodeId(node.clone())),
-            ServedTarget::Role(role) => (None, Some(role.clone()), Target::Role(role.clone())),
-        };
-        let response = self
-            .client
-            .clone()
-            .get_served_config(api::GetServedConfigRequest {
-                target: Some(request),
-            })
-            .await;
-        let response = match response {
-            Err(status) if status.code() == tonic::Code::NotFound => anyhow::bail!(
-                "{}; `sluice proxy status` lists the connected Envoys",
-                status.message()
+        match self.api.served_config(target).await? {
+            Some(config) => Ok(config),
+            None => bail!(
+                "no Envoy with node id {:?} is connected to this control plane; `sluice proxy \
+                 status` lists the connected Envoys",
+                match target {
+                    ServedTarget::Node(node) | ServedTarget::Role(node) => node,
+                }
             ),
-            other => other.with_context(|| self.failed("asking for the served config"))?,
         }
-        .into_inner();
-        let resources = response
-            .resources
-            .into_iter()
-            .map(|served| {
-                let resource = if served.json.is_empty() {
-                    serde_json::Value::Null
-                } else {
-                    serde_json::from_str(&served.json).with_context(|| {
-                        format!("the served {} {} is not JSON", served.r#type, served.name)
-                    })?
-                };
-                Ok(ServedResource {
-                    kind: served.r#type,
-                    name: served.name,
-                    version: served.version,
-                    status: Some(served.status).filter(|s| !s.is_empty()),
-                    nack_message: Some(served.nack_message).filter(|m| !m.is_empty()),
-                    resource,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(ServedConfig {
-            node,
-            role,
-            group: response.group,
-            resources,
-        })
     }
 
-    /// Locally every proxy is served by the same Envoys, so `name` does not choose one: the
-    /// address is `explicit`, else the Envoy that `sluice up` started.
-    pub async fn envoy_admin(
-        &self,
-        _name: &str,
-        explicit: Option<&str>,
-    ) -> anyhow::Result<Option<String>> {
+    /// Locally every proxy is served by the same Envoys, so there is one admin to ask:
+    /// `explicit`, else the Envoy that `sluice up` started.
+    pub async fn envoy_admin(&self, explicit: Option<&str>) -> anyhow::Result<Option<Dialer>> {
         if let Some(explicit) = explicit {
-            return Ok(Some(explicit.to_owned()));
+            return Ok(Some(Dialer::Tcp(explicit.to_owned())));
         }
-        let server = self.server().await?;
-        Ok(Some(server.envoy_admin_address).filter(|a| !a.is_empty()))
+        let server = self.api.server().await?;
+        Ok(Some(server.envoy_admin_address)
+            .filter(|a| !a.is_empty())
+            .map(Dialer::Tcp))
     }
 
-    pub async fn health(&self) -> anyhow::Result<Health> {
-        let probe =
-            async |path: &str| match http::get(&self.admin_addr, "localhost", path, None).await {
-                Ok(reply) if reply.status.is_success() => Ok(()),
-                Ok(reply) => Err(format!(
-                    "{path} answered {}: {}",
-                    reply.status,
-                    reply.text().trim()
-                )),
-                Err(error) => Err(format!("{error:#}")),
-            };
-        Ok(Health {
-            at: self.admin_addr.clone(),
-            healthy: probe("/healthz").await,
-            ready: probe("/readyz").await,
-        })
+    pub async fn health(&self) -> Health {
+        super::admin_api::health(
+            &Dialer::Tcp(self.admin_addr.clone()),
+            self.admin_addr.clone(),
+        )
+        .await
     }
 }

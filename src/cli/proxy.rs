@@ -7,10 +7,9 @@ use serde_json::Value;
 
 use super::model::XDS_TYPES;
 use super::output::{self, Output, Table, or_dash};
-use super::{Backend, Envoy, ServedConfig, ServedTarget, Target, http};
+use super::{Dialer, Envoy, SYSTEM_NAMESPACE, ServedConfig, ServedTarget, Target};
 
 const DEFAULT_PROXY: &str = "knative-external-proxy";
-const DEFAULT_NAMESPACE: &str = "gloo-system";
 
 #[derive(Debug, Subcommand)]
 pub enum ProxyCommand {
@@ -20,6 +19,14 @@ pub enum ProxyCommand {
     /// binds every address. `--port https` gives the HTTPS listener (served once an ingress has
     /// a valid TLS secret; until then a warning goes to stderr), `--name
     /// knative-internal-proxy` the internal (cluster-local) listeners.
+    ///
+    /// In a cluster, glooctl's rules on the proxy's Service: its only port, else the one named
+    /// --port ("named port not found" otherwise); a LoadBalancer's first ingress, host name
+    /// else IP ("load balancer ingress not found" while it has none); a NodePort's node port on
+    /// the node of its first scheduled pod, at the node's ExternalIP, else its InternalIP; a
+    /// ClusterIP's cluster IP, with a warning on stderr (only reachable from inside). With
+    /// --local-cluster (minikube, kind) any type is taken as a NodePort at the node's
+    /// InternalIP.
     Url(UrlArgs),
     /// Like `url`, as host:port without a scheme.
     Address(UrlArgs),
@@ -27,23 +34,32 @@ pub enum ProxyCommand {
     /// and, per xDS type, SYNCED, STALE (an update sent and not yet ACKed), NACKED (the last
     /// update was rejected; the message follows the table) or NOT_SENT.
     ///
-    /// Locally: the Envoys connected to the control plane at --admin-addr. The same state is
-    /// served over CSDS (envoy.service.status.v3) on the xDS port.
+    /// Locally: the Envoys connected to the control plane at --admin-addr. In a cluster: the
+    /// Envoys of every sluice replica (each knows only its own streams), merged; the replicas
+    /// are the endpoints of Service `sluice` in -n, asked through port-forwards (or at their
+    /// pod IPs with --replicas-via pod-ip). The same state is served over CSDS
+    /// (envoy.service.status.v3) on each replica's xDS port.
     Status(StatusArgs),
     /// What the control plane serves to one Envoy (`--node`, with each resource's status) or
     /// to the Envoys of a role (`--role`, from the current snapshot), as Envoy JSON/YAML with
     /// `-o json|yaml`; private keys are redacted.
+    ///
+    /// In a cluster a node's config comes from the replica it is connected to, a role's from
+    /// any replica.
     #[command(group(ArgGroup::new("whom").required(true).args(["node", "role"])))]
     ServedConfig(ServedArgs),
     /// Envoy's own /config_dump of a proxy's Envoy: the table summarizes it, `-o json` prints
     /// it as Envoy gives it.
     ///
     /// Locally: from the Envoy that `sluice up` started (the control plane reports its admin
-    /// address), or the one at --envoy-admin-addr.
+    /// address), or the one at --envoy-admin-addr. In a cluster: from the first running pod
+    /// (by name) of the proxy's Deployment (--name, in -n), through a port-forward to its
+    /// Envoy admin port (19000, on the pod's loopback).
     Dump(EnvoyAdminArgs),
     /// Envoy's own /stats of a proxy's Envoy (counters and gauges), optionally filtered.
     ///
-    /// Locally: from the Envoy that `sluice up` started, or the one at --envoy-admin-addr.
+    /// Locally: from the Envoy that `sluice up` started, or the one at --envoy-admin-addr. In a
+    /// cluster: from a pod of the proxy, through a port-forward, as `dump`.
     Stats(StatsArgs),
 }
 
@@ -57,9 +73,13 @@ pub struct UrlArgs {
     /// The port's name: http or https.
     #[arg(long, default_value = "http")]
     port: String,
-    /// The proxy's namespace.
-    #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
+    /// The namespace of sluice and its proxies.
+    #[arg(short, long, default_value = SYSTEM_NAMESPACE)]
     namespace: String,
+    /// In a cluster: take the Service as a NodePort and the node's InternalIP, for a cluster
+    /// on this machine (minikube, kind) whose load balancers get no address.
+    #[arg(short, long)]
+    local_cluster: bool,
     /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -69,6 +89,9 @@ pub struct UrlArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     target: Target,
+    /// In a cluster: the namespace of sluice and its proxies.
+    #[arg(short, long, default_value = SYSTEM_NAMESPACE)]
+    namespace: String,
     /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -85,6 +108,9 @@ pub struct ServedArgs {
     /// gets the listeners of both proxies.
     #[arg(long)]
     role: Option<String>,
+    /// In a cluster: the namespace of sluice and its proxies.
+    #[arg(short, long, default_value = SYSTEM_NAMESPACE)]
+    namespace: String,
     /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -97,11 +123,11 @@ pub struct EnvoyAdminArgs {
     /// The proxy whose Envoy to ask.
     #[arg(long, default_value = DEFAULT_PROXY)]
     name: String,
-    /// The proxy's namespace.
-    #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
+    /// The namespace of sluice and its proxies.
+    #[arg(short, long, default_value = SYSTEM_NAMESPACE)]
     namespace: String,
     /// The Envoy's admin address (its bootstrap's `admin`), when the control plane does not
-    /// know it.
+    /// know it; in a cluster, instead of a port-forward to a proxy pod.
     #[arg(long, value_name = "HOST:PORT")]
     envoy_admin_addr: Option<String>,
     /// table for people; json or yaml for programs (shapes: docs/cli.md).
@@ -138,52 +164,21 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint of the port named `port_name` (`https` is spoken over TLS) at `address`.
+    pub fn new(port_name: &str, address: String) -> Endpoint {
+        Endpoint {
+            scheme: if port_name == "https" {
+                "https"
+            } else {
+                "http"
+            },
+            address,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.address)
     }
-}
-
-/// The endpoint of proxy `name`'s port `port`, with glooctl's errors.
-pub async fn endpoint(
-    backend: &Backend,
-    namespace: &str,
-    name: &str,
-    port: &str,
-) -> anyhow::Result<Endpoint> {
-    let proxies = backend.proxies(namespace).await?;
-    let Some(proxy) = proxies.iter().find(|p| p.name == name) else {
-        let known: Vec<&str> = proxies.iter().map(|p| p.name.as_str()).collect();
-        bail!(
-            "proxy {name} not found; this control plane serves {} (pick one with --name)",
-            known.join(" and ")
-        );
-    };
-    let Some(found) = proxy.port(port) else {
-        let known: Vec<&str> = proxy.ports.iter().map(|p| p.name.as_str()).collect();
-        bail!(
-            "named port not found: {name} has no port {port:?}; its ports are {} (--port)",
-            known.join(", ")
-        );
-    };
-    if !found.served {
-        eprintln!(
-            "warning: the {} listener of {name} is not served yet (HTTPS is, once an ingress \
-             has a valid TLS secret); nothing answers there now",
-            found.listener
-        );
-    }
-    let host = proxy
-        .addresses
-        .first()
-        .with_context(|| format!("{name} has no address"))?;
-    Ok(Endpoint {
-        scheme: if found.name == "https" {
-            "https"
-        } else {
-            "http"
-        },
-        address: format!("{host}:{}", found.port),
-    })
 }
 
 #[derive(Serialize)]
@@ -197,8 +192,10 @@ struct AddressOutput {
 }
 
 async fn url(args: UrlArgs, with_scheme: bool) -> anyhow::Result<()> {
-    let backend = args.target.connect().await?;
-    let endpoint = endpoint(&backend, &args.namespace, &args.name, &args.port).await?;
+    let backend = args.target.connect(&args.namespace).await?;
+    let endpoint = backend
+        .endpoint(&args.name, &args.port, args.local_cluster)
+        .await?;
     if with_scheme {
         let url = endpoint.url();
         output::print(args.output, &UrlOutput { url: url.clone() }, || {
@@ -217,7 +214,7 @@ async fn url(args: UrlArgs, with_scheme: bool) -> anyhow::Result<()> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let backend = args.target.connect().await?;
+    let backend = args.target.connect(&args.namespace).await?;
     let envoys = backend.envoys().await?;
     output::print(args.output, &envoys, || status_table(&envoys))
 }
@@ -273,7 +270,7 @@ async fn served_config(args: ServedArgs) -> anyhow::Result<()> {
         (None, Some(role)) => ServedTarget::Role(role),
         (None, None) => bail!("name an Envoy with --node or a role with --role"),
     };
-    let backend = args.target.connect().await?;
+    let backend = args.target.connect(&args.namespace).await?;
     let config = backend.served_config(&target).await?;
     output::print(args.output, &config, || served_table(&config))
 }
@@ -293,28 +290,27 @@ fn served_table(config: &ServedConfig) -> String {
 
 /// `GET path` from the Envoy admin of proxy `args.name`, as text.
 async fn envoy_admin_get(args: &EnvoyAdminArgs, path: &str) -> anyhow::Result<String> {
-    let backend = args.target.connect().await?;
-    let address = backend
+    let backend = args.target.connect(&args.namespace).await?;
+    let admin = backend
         .envoy_admin(&args.name, args.envoy_admin_addr.as_deref())
         .await?
         .with_context(|| {
             format!(
-                "no Envoy admin address is known for {}: the control plane at {} did not start \
-                 its Envoy (only `sluice up` does); pass --envoy-admin-addr HOST:PORT, the \
-                 `admin` address of the Envoy's bootstrap",
-                args.name, args.target.admin_addr
+                "no Envoy admin address is known for {}: the control plane did not start its \
+                 Envoy (only `sluice up` does); pass --envoy-admin-addr HOST:PORT, the `admin` \
+                 address of the Envoy's bootstrap",
+                args.name
             )
         })?;
-    envoy_get(&address, path).await
+    envoy_get(&admin, path).await
 }
 
-/// `GET path` from the Envoy admin interface at `address`, as text.
-pub async fn envoy_get(address: &str, path: &str) -> anyhow::Result<String> {
-    let reply = http::get(address, "localhost", path, None)
-        .await
-        .with_context(|| {
-            format!("cannot ask Envoy's admin at {address}; is that Envoy running?")
-        })?;
+/// `GET path` from the Envoy admin interface at `admin`, as text.
+pub async fn envoy_get(admin: &Dialer, path: &str) -> anyhow::Result<String> {
+    let address = admin.describe();
+    let reply = admin.get(path).await.with_context(|| {
+        format!("cannot ask Envoy's admin at {address}; is that Envoy running?")
+    })?;
     if !reply.status.is_success() {
         bail!(
             "Envoy's admin at {address} answered {} to {path}: {}",
@@ -411,9 +407,9 @@ fn parse_stats(text: &str) -> anyhow::Result<Vec<Stat>> {
 }
 
 /// The counters of Envoy's `/stats` whose name matches `filter`, with their values.
-pub async fn envoy_counters(address: &str, filter: &str) -> anyhow::Result<Vec<(String, u64)>> {
+pub async fn envoy_counters(admin: &Dialer, filter: &str) -> anyhow::Result<Vec<(String, u64)>> {
     let path = format!("/stats?format=json&filter={}", percent_encode(filter));
-    let stats = parse_stats(&envoy_get(address, &path).await?)?;
+    let stats = parse_stats(&envoy_get(admin, &path).await?)?;
     Ok(stats
         .into_iter()
         .filter_map(|s| Some((s.name, s.value.as_u64()?)))

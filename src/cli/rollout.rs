@@ -8,7 +8,7 @@
 //! does. Then the command waits for the Route to be Ready with the new traffic: locally the
 //! control plane says so once every Envoy ACKed it; in a cluster, the Route's status does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -25,7 +25,7 @@ use sluice::status::Condition;
 
 use super::output::write_stdout;
 use super::route::{table, traffic};
-use super::{Backend, Target};
+use super::{Backend, SYSTEM_NAMESPACE, Target};
 
 /// Shift a Route's traffic: `sluice rollout hello -n ns -p hello-00001=90% -p hello-00002=10%`.
 ///
@@ -54,15 +54,10 @@ pub struct RolloutArgs {
     /// Seconds to wait for the new split to be served.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     timeout: u64,
+    /// `--kubeconfig`/`--context` patch the Route on that cluster even when a local control
+    /// plane runs.
     #[command(flatten)]
     target: Target,
-    /// The cluster's kubeconfig (default: $KUBECONFIG, else ~/.kube/config); patches the Route
-    /// there even when a local control plane runs.
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use.
-    #[arg(long)]
-    context: Option<String>,
 }
 
 pub async fn run(args: RolloutArgs) -> anyhow::Result<()> {
@@ -77,8 +72,8 @@ pub async fn run(args: RolloutArgs) -> anyhow::Result<()> {
     }
     let shares = edit::parse_shares(&arguments)?;
     let route = format!("{}/{}", args.namespace, args.route);
-    let cluster_asked = args.kubeconfig.is_some() || args.context.is_some();
-    if !cluster_asked && let Ok(backend) = args.target.connect().await {
+    let cluster_asked = args.target.kubeconfig.is_some() || args.target.context.is_some();
+    if !cluster_asked && let Ok(backend) = args.target.connect(SYSTEM_NAMESPACE).await {
         let views = backend.routes().await?;
         let known = views
             .into_iter()
@@ -151,8 +146,8 @@ async fn in_file(
 async fn in_cluster(args: &RolloutArgs, shares: &[(String, i64)]) -> anyhow::Result<()> {
     let route = format!("{}/{}", args.namespace, args.route);
     let client = ClusterOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
+        kubeconfig: args.target.kubeconfig.clone(),
+        context: args.target.context.clone(),
     }
     .client()
     .await

@@ -6,9 +6,9 @@ use clap::Args;
 use sluice::knative::TrafficTarget;
 use sluice::routes::status::RouteView;
 
-use super::Target;
 use super::get::age;
 use super::output::{self, Output, Table, or_dash};
+use super::{SYSTEM_NAMESPACE, Target};
 
 #[derive(Debug, Args)]
 pub struct RouteArgs {
@@ -31,7 +31,7 @@ pub struct RouteArgs {
 }
 
 pub async fn run(args: RouteArgs) -> anyhow::Result<()> {
-    let backend = args.target.connect().await?;
+    let backend = args.target.connect(SYSTEM_NAMESPACE).await?;
     let views: Vec<RouteView> = backend
         .routes()
         .await?

@@ -13,6 +13,11 @@ pub const EXTERNAL_PROXY: &str = "knative-external-proxy";
 pub const INTERNAL_PROXY: &str = "knative-internal-proxy";
 const XDS_PORT: u16 = 9977;
 const ADMIN_PORT: u16 = 9091;
+/// The name of sluice's Service port for the admin API: `sluice proxy status` and `check` find
+/// the replicas through the EndpointSlices' port of this name.
+pub const ADMIN_PORT_NAME: &str = "http-admin";
+/// Where each proxy's Envoy serves its admin interface, on the pod's loopback only.
+pub const ENVOY_ADMIN_PORT: u16 = 19000;
 /// The Envoy listeners' ports: each proxy gets only its own listeners, so both use these.
 const HTTP_PORT: u16 = 8080;
 const HTTPS_PORT: u16 = 8443;
@@ -209,7 +214,7 @@ fn sluice(install: &KnativeInstall) -> Vec<Value> {
                 "selector": labels("sluice"),
                 "ports": [
                     {"name": "grpc-xds", "port": XDS_PORT, "targetPort": "xds", "appProtocol": "grpc"},
-                    {"name": "http-admin", "port": ADMIN_PORT, "targetPort": "admin"},
+                    {"name": ADMIN_PORT_NAME, "port": ADMIN_PORT, "targetPort": "admin"},
                 ],
             },
         }),
@@ -223,7 +228,7 @@ fn proxy(install: &KnativeInstall, name: &str, service_type: &str) -> Vec<Value>
         xds_addr: format!("sluice.{ns}.svc.cluster.local:{XDS_PORT}"),
         node_id: name.to_owned(),
         role: Some(format!("{ns}~{name}")),
-        admin_addr: "127.0.0.1:19000".to_owned(),
+        admin_addr: format!("127.0.0.1:{ENVOY_ADMIN_PORT}"),
         delta: true,
     })
     .expect("the install's addresses are HOST:PORT");

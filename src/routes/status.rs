@@ -43,6 +43,37 @@ pub struct RouteView {
 }
 
 impl RouteView {
+    /// A Route as the API server holds it, with the status its writer gave it.
+    pub fn from_resource(route: &crate::knative::RouteResource) -> RouteView {
+        let status = route.status.clone().unwrap_or_default();
+        RouteView {
+            namespace: route.metadata.namespace.clone().unwrap_or_default(),
+            name: route.metadata.name.clone().unwrap_or_default(),
+            url: status.url,
+            address_url: status.address.and_then(|address| address.url),
+            traffic: status.traffic,
+            spec_traffic: route.spec.traffic.clone(),
+            conditions: status
+                .conditions
+                .into_iter()
+                .map(|c| Condition {
+                    kind: c.type_,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                })
+                .collect(),
+            generation: route.metadata.generation,
+            creation_timestamp: route
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|time| time.0.to_string()),
+            origin: None,
+            ingress: None,
+        }
+    }
+
     pub fn condition(&self, kind: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.kind == kind)
     }

@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cli;
 mod conformance;
 mod install;
 mod kit;
@@ -123,6 +124,7 @@ fn trials() -> Vec<Trial> {
         routes::rollout_through_owning_service,
     ));
     trials.extend(conformance::trials());
+    trials.extend(cli::trials());
     trials
 }
 

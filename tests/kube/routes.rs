@@ -187,6 +187,16 @@ pub async fn served_with_status(cluster: &'static Cluster, delta: bool) {
         2,
         "both revisions answer after the rollout: {seen:?}"
     );
+    // `get route` against the cluster reads the Route and its status from the API server.
+    let listed = run_cli(&["get", "route", "-n", &scene.ns, "--kubeconfig", &kubeconfig]).await;
+    assert!(listed.success, "{listed:?}");
+    assert!(
+        listed.stdout.lines().any(|line| line.starts_with("hello ")
+            && line.contains("50% -> hello-00002 #green")
+            && line.contains("True")),
+        "{}",
+        listed.stdout
+    );
 
     let refused = run_cli(&[
         "rollout",

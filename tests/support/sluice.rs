@@ -1,7 +1,7 @@
 //! The sluice binary under test: `sluice serve` as a child process, and its one-shot commands.
 
 use std::fs::{self, File};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -55,6 +55,8 @@ pub struct Sluice {
     dir: tempfile::TempDir,
     manifests: PathBuf,
     ports: SluicePorts,
+    /// Where the admin server listens: 127.0.0.1 unless a test asks for another address.
+    admin_ip: IpAddr,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
 }
@@ -74,7 +76,7 @@ impl Sluice {
     pub fn start_on(manifests: &Path, ports: SluicePorts, extra_args: &[&str]) -> Sluice {
         let mut args = vec!["--dir".to_owned(), manifests.display().to_string()];
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        Sluice::spawn(&args, manifests, ports)
+        Sluice::spawn(&args, manifests, ports, Ipv4Addr::LOCALHOST.into())
     }
 
     /// `sluice serve` in Kubernetes mode on free ports, watching the API server of
@@ -91,12 +93,29 @@ impl Sluice {
     ) -> Sluice {
         let mut args = vec!["--kubeconfig".to_owned(), kubeconfig.display().to_string()];
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        Sluice::spawn(&args, kubeconfig, ports)
+        Sluice::spawn(&args, kubeconfig, ports, Ipv4Addr::LOCALHOST.into())
     }
 
-    /// `sluice serve <source_args>` on `ports`; `source` is what it serves from (a manifest
-    /// directory or a kubeconfig).
-    fn spawn(source_args: &[String], source: &Path, ports: SluicePorts) -> Sluice {
+    /// Like [`Sluice::start_in_cluster`], with the admin server on `admin_ip` (an address an
+    /// EndpointSlice may name, unlike loopback) instead of 127.0.0.1.
+    pub fn start_in_cluster_with_admin_on(
+        kubeconfig: &Path,
+        admin_ip: IpAddr,
+        extra_args: &[&str],
+    ) -> Sluice {
+        let mut args = vec!["--kubeconfig".to_owned(), kubeconfig.display().to_string()];
+        args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        Sluice::spawn(&args, kubeconfig, SluicePorts::free(), admin_ip)
+    }
+
+    /// `sluice serve <source_args>` on `ports`, its admin server on `admin_ip`; `source` is
+    /// what it serves from (a manifest directory or a kubeconfig).
+    fn spawn(
+        source_args: &[String],
+        source: &Path,
+        ports: SluicePorts,
+        admin_ip: IpAddr,
+    ) -> Sluice {
         let dir = temp_dir("sluice-serve-");
         let stdout_path = dir.path().join("stdout.log");
         let stderr_path = dir.path().join("stderr.log");
@@ -104,7 +123,10 @@ impl Sluice {
         let child = Command::new(sluice_binary())
             .arg("serve")
             .args(["--xds-addr", &addr(ports.xds)])
-            .args(["--admin-addr", &addr(ports.admin)])
+            .args([
+                "--admin-addr",
+                &SocketAddr::new(admin_ip, ports.admin).to_string(),
+            ])
             .args(["--listen-address", "127.0.0.1"])
             .args(["--http-port", &ports.http.to_string()])
             .args(["--https-port", &ports.https.to_string()])
@@ -121,6 +143,7 @@ impl Sluice {
             dir,
             manifests: source.to_path_buf(),
             ports,
+            admin_ip,
             stdout_path,
             stderr_path,
         }
@@ -135,7 +158,7 @@ impl Sluice {
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        local(self.ports.admin)
+        SocketAddr::new(self.admin_ip, self.ports.admin)
     }
 
     /// Where Envoy's external plain-HTTP listener (`--http-port`) is.
