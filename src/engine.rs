@@ -1,6 +1,7 @@
 //! The engine wires one direction of the data flow: source batches go into the world, the
 //! changes are translated, and the resulting snapshot is published to the xDS server.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,11 +11,12 @@ use crate::knative::{self, IngressKey, IngressKind};
 use crate::metrics::Metrics;
 use crate::routes::status::{Context, RouteView};
 use crate::routes::{self, RouteConfig, Routes};
-use crate::status::{self, Envoys, IngressView, LoadBalancers};
+use crate::status::replicas::ReportUpdate;
+use crate::status::{self, Dirty, Envoys, IngressView, LoadBalancers};
 use crate::translate::{TranslateConfig, Translator};
 use crate::world::IngressProblem;
 use crate::world::{Kept, NsName, SourceEvent, World};
-use crate::xds::{ClusterResources, Snapshot, SnapshotFeed};
+use crate::xds::{ClusterResources, Snapshot, SnapshotFeed, TypeUrl};
 
 pub struct Engine {
     routes: Routes,
@@ -24,6 +26,8 @@ pub struct Engine {
     publisher: watch::Sender<Option<Arc<Snapshot>>>,
     metrics: Arc<Metrics>,
     balancers: LoadBalancers,
+    /// The ingresses whose status batches may have changed since it was last taken.
+    status_dirty: Dirty,
 }
 
 /// What one batch cost.
@@ -50,6 +54,7 @@ impl Engine {
             publisher,
             metrics,
             balancers,
+            status_dirty: Dirty::all(),
         };
         (engine, feed)
     }
@@ -81,6 +86,15 @@ impl Engine {
         }
         let changes = self.world.apply(staged.events);
         let updates = self.translator.apply(&self.world, &changes);
+        self.status_dirty.extend(changes.ingresses.iter().cloned());
+        for secret in &changes.secrets {
+            self.status_dirty
+                .extend(self.translator.naming_secret(secret));
+        }
+        for update in &updates {
+            self.status_dirty
+                .extend(self.translator.claimants(update.type_url, &update.name));
+        }
         let translation = started.elapsed();
         self.metrics
             .translation_seconds
@@ -142,15 +156,30 @@ impl Engine {
         view
     }
 
-    /// Calls `each` with every owned ingress, the status Knative's reconcilers would give it
-    /// now, and the status the source last saw on it.
+    /// The ingresses whose status the batches since the last call may have changed.
+    pub fn take_status_dirty(&mut self) -> Dirty {
+        self.status_dirty.take()
+    }
+
+    /// The ingresses whose status an Envoy's verdict on this resource may change.
+    pub fn claimants(&self, type_url: TypeUrl, name: &str) -> BTreeSet<IngressKey> {
+        self.translator.claimants(type_url, name)
+    }
+
+    /// Calls `each` with every owned ingress of `scope` that exists, the status Knative's
+    /// reconcilers would give it now, and the status the source last saw on it.
     pub fn knative_statuses(
         &self,
         envoys: Envoys,
+        scope: &Dirty,
         now: &str,
         each: &mut dyn FnMut(&IngressKey, knative::IngressStatus, Option<&knative::IngressStatus>),
     ) {
-        for (key, entry) in &self.world.ingresses {
+        let known = &self.world.ingresses;
+        for (key, entry) in scope
+            .keys(known)
+            .filter_map(|key| Some((key, known.get(key)?)))
+        {
             // A Route's Ingress lives only here: its Route's status reports on it instead.
             if matches!(entry.problem, Some(IngressProblem::NotOwned { .. }))
                 || self.routes.owner_of(key).is_some()
@@ -229,12 +258,9 @@ impl Engine {
         }
     }
 
-    /// This replica's report on its own Envoys (see `status::replicas`).
-    pub fn local_report(
-        &self,
-        replica: &str,
-        proxies: &[Arc<crate::xds::Proxy>],
-    ) -> status::replicas::ReplicaReport {
-        status::local_report(replica, &self.world.ingresses, &self.translator, proxies)
+    /// What this replica's own Envoys say about the ingresses of `scope` (see
+    /// `status::replicas`).
+    pub fn local_report(&self, proxies: &[Arc<crate::xds::Proxy>], scope: &Dirty) -> ReportUpdate {
+        status::local_report(&self.world.ingresses, &self.translator, proxies, scope)
     }
 }

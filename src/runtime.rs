@@ -20,10 +20,12 @@ use crate::routes::RouteConfig;
 use crate::source::Batches;
 use crate::source::file::{self, FileSourceError};
 use crate::source::kube::{self, KubeSourceError, KubeSourceOptions};
-use crate::status::replicas::ReplicaReport;
+use crate::status::replicas::{ReplicaReport, ReportUpdate};
 use crate::status::route_writer::{RouteStatusSource, RouteStatusWriter};
-use crate::status::writer::{StatusSource, StatusWriter, Timing, WriterConfig, WriterError};
-use crate::status::{Envoys, LoadBalancers};
+use crate::status::writer::{
+    Consumer, StatusSource, StatusWriter, Timing, WriterConfig, WriterError,
+};
+use crate::status::{Dirty, Envoys, LoadBalancers};
 use crate::translate::TranslateConfig;
 use crate::xds::{AdsService, ClusterLookup, CsdsService, ProxyRegistry};
 
@@ -128,9 +130,11 @@ pub async fn serve(
                 },
             )
             .await?;
+            registry.track_settled();
             let served = Arc::new(Served {
                 engine: engine.clone(),
                 registry: registry.clone(),
+                dirt: Mutex::default(),
             });
             let writer = StatusWriter::start(
                 client.clone(),
@@ -279,10 +283,22 @@ async fn forward(mut proxies: watch::Receiver<()>, changed: &watch::Sender<()>) 
     std::future::pending().await
 }
 
-/// What the status writer reads: the engine's verdicts over this replica's Envoys.
+/// What the status writer reads: the engine's verdicts over this replica's Envoys, and which
+/// ingresses changes and Envoys' verdicts concern.
 struct Served {
     engine: Arc<Mutex<Engine>>,
     registry: Arc<ProxyRegistry>,
+    dirt: Mutex<Dirt>,
+}
+
+/// What changed, as each consumer has yet to see it.
+#[derive(Default)]
+struct Dirt {
+    /// The registry's membership when last looked at: an Envoy coming or going concerns every
+    /// ingress.
+    membership: u64,
+    writer: Dirty,
+    report: Dirty,
 }
 
 impl Served {
@@ -292,9 +308,40 @@ impl Served {
 }
 
 impl StatusSource for Served {
+    fn take_dirty(&self, consumer: Consumer) -> Dirty {
+        let mut engine = self.engine();
+        let mut fresh = engine.take_status_dirty();
+        let mut dirt = self.dirt.lock().unwrap_or_else(|p| p.into_inner());
+        let membership = self.registry.membership();
+        if membership != dirt.membership {
+            dirt.membership = membership;
+            fresh.mark_all();
+        }
+        for proxy in self.registry.proxies() {
+            let settled = proxy
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_settled();
+            if !fresh.is_all() {
+                for (type_url, name) in settled {
+                    fresh.extend(engine.claimants(type_url, &name));
+                }
+            }
+        }
+        drop(engine);
+        dirt.writer.merge(fresh.clone());
+        dirt.report.merge(fresh);
+        match consumer {
+            Consumer::Writer => dirt.writer.take(),
+            Consumer::Report => dirt.report.take(),
+        }
+    }
+
     fn knative_statuses(
         &self,
         others: &[ReplicaReport],
+        scope: &Dirty,
         now: &str,
         each: &mut dyn FnMut(
             &IngressKey,
@@ -307,12 +354,12 @@ impl StatusSource for Served {
             local: &proxies,
             remote: others,
         };
-        self.engine().knative_statuses(envoys, now, each);
+        self.engine().knative_statuses(envoys, scope, now, each);
     }
 
-    fn local_report(&self, replica: &str) -> ReplicaReport {
+    fn local_report(&self, scope: &Dirty) -> ReportUpdate {
         let proxies = self.registry.proxies();
-        self.engine().local_report(replica, &proxies)
+        self.engine().local_report(&proxies, scope)
     }
 }
 

@@ -10,7 +10,7 @@ pub mod replicas;
 pub mod route_writer;
 pub mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use crate::translate::{ListenerKind, Translator};
 use crate::world::{IngressEntry, IngressProblem};
 use crate::xds::{Group, Proxy};
 
-use replicas::{Convergence, ReplicaReport};
+use replicas::{Convergence, ReplicaReport, ReportUpdate};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
@@ -265,47 +265,127 @@ fn load_balancer(key: &IngressKey, translator: &Translator, envoys: Envoys) -> V
     }
     Verdict::True
 }
-
-/// This replica's report on its own Envoys, for the replica that writes status.
+/// What this replica's own Envoys say about the ingresses in `scope` (every one for
+/// [`Dirty::all`]), for the report the replica that writes status reads.
 pub fn local_report(
-    replica: &str,
-    ingresses: &std::collections::BTreeMap<IngressKey, IngressEntry>,
+    ingresses: &BTreeMap<IngressKey, IngressEntry>,
     translator: &Translator,
     proxies: &[Arc<Proxy>],
-) -> ReplicaReport {
-    let mut report = ReplicaReport {
-        replica: replica.to_owned(),
-        ..ReplicaReport::default()
+    scope: &Dirty,
+) -> ReportUpdate {
+    let mut update = ReportUpdate {
+        complete: scope.is_all(),
+        ..ReportUpdate::default()
     };
     for proxy in proxies {
-        *report.envoys.entry(proxy.group()).or_default() += 1;
+        *update.envoys.entry(proxy.group()).or_default() += 1;
     }
-    if proxies.is_empty() {
-        return report;
+    for key in scope.keys(ingresses) {
+        let convergence = ingresses
+            .get(key)
+            .filter(|_| !proxies.is_empty())
+            .and_then(|entry| convergence(key, entry, translator, proxies));
+        update.entries.push((key.clone(), convergence));
     }
-    for (key, entry) in ingresses {
-        if entry.served.is_none() {
-            continue;
+    update
+}
+
+fn convergence(
+    key: &IngressKey,
+    entry: &IngressEntry,
+    translator: &Translator,
+    proxies: &[Arc<Proxy>],
+) -> Option<Convergence> {
+    entry.served.as_ref()?;
+    let needed = translator.served_resources(key);
+    if needed.is_empty() {
+        return None;
+    }
+    let verdict = local_verdict(key, &needed, translator, proxies);
+    let fingerprint = replicas::fingerprint(&needed);
+    match verdict.rejected {
+        Some(message) => Some(Convergence::Rejected {
+            fingerprint,
+            message,
+        }),
+        None if verdict.relevant > 0 && verdict.converged == verdict.relevant => {
+            Some(Convergence::Acked(fingerprint))
         }
-        let needed = translator.served_resources(key);
-        if needed.is_empty() {
-            continue;
+        None => None,
+    }
+}
+
+/// Which ingresses' status may have changed since it was last looked at: so that a change, an
+/// Envoy's ACK or another replica's report costs the ingresses it concerns, not the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    all: bool,
+    keys: BTreeSet<IngressKey>,
+}
+
+impl Dirty {
+    /// Every ingress.
+    pub fn all() -> Dirty {
+        Dirty {
+            all: true,
+            keys: BTreeSet::new(),
         }
-        let verdict = local_verdict(key, &needed, translator, proxies);
-        let fingerprint = replicas::fingerprint(&needed);
-        let convergence = match verdict.rejected {
-            Some(message) => Convergence::Rejected {
-                fingerprint,
-                message,
-            },
-            None if verdict.relevant > 0 && verdict.converged == verdict.relevant => {
-                Convergence::Acked(fingerprint)
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.all
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.keys.is_empty()
+    }
+
+    pub fn mark_all(&mut self) {
+        self.all = true;
+        self.keys.clear();
+    }
+
+    pub fn insert(&mut self, key: IngressKey) {
+        if !self.all {
+            self.keys.insert(key);
+        }
+    }
+
+    pub fn merge(&mut self, other: Dirty) {
+        if other.all {
+            self.mark_all();
+        } else {
+            for key in other.keys {
+                self.insert(key);
             }
-            None => continue,
-        };
-        report.ingresses.insert(key.clone(), convergence);
+        }
     }
-    report
+
+    /// Empties it, returning what it held.
+    pub fn take(&mut self) -> Dirty {
+        std::mem::take(self)
+    }
+
+    /// The keys it covers: every key of `known` when it is all, else its own (known or not, so
+    /// that the caller learns of the ones that are gone).
+    pub fn keys<'a, V>(
+        &'a self,
+        known: &'a BTreeMap<IngressKey, V>,
+    ) -> Box<dyn Iterator<Item = &'a IngressKey> + 'a> {
+        if self.all {
+            Box::new(known.keys())
+        } else {
+            Box::new(self.keys.iter())
+        }
+    }
+}
+
+impl Extend<IngressKey> for Dirty {
+    fn extend<I: IntoIterator<Item = IngressKey>>(&mut self, keys: I) {
+        for key in keys {
+            self.insert(key);
+        }
+    }
 }
 
 /// The status Knative's reconcilers would write for a view: `observedGeneration`, the three

@@ -43,6 +43,54 @@ pub struct ReplicaReport {
     pub ingresses: BTreeMap<IngressKey, Convergence>,
 }
 
+/// A change to a replica's report: the Envoy counts, and the ingresses looked at again
+/// (`None`: no entry); `complete` when every ingress was, so that the others are gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportUpdate {
+    pub envoys: BTreeMap<Group, usize>,
+    pub entries: Vec<(IngressKey, Option<Convergence>)>,
+    pub complete: bool,
+}
+
+impl ReplicaReport {
+    pub fn update(&mut self, update: ReportUpdate) {
+        self.envoys = update.envoys;
+        if update.complete {
+            self.ingresses.clear();
+        }
+        for (key, convergence) in update.entries {
+            match convergence {
+                Some(convergence) => {
+                    self.ingresses.insert(key, convergence);
+                }
+                None => {
+                    self.ingresses.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The ingresses on which two reports differ (every one when their Envoys differ).
+    pub fn differences(&self, other: &ReplicaReport) -> super::Dirty {
+        let mut dirty = super::Dirty::default();
+        if self.envoys != other.envoys {
+            dirty.mark_all();
+            return dirty;
+        }
+        for (key, convergence) in &self.ingresses {
+            if other.ingresses.get(key) != Some(convergence) {
+                dirty.insert(key.clone());
+            }
+        }
+        for key in other.ingresses.keys() {
+            if !self.ingresses.contains_key(key) {
+                dirty.insert(key.clone());
+            }
+        }
+        dirty
+    }
+}
+
 /// The fingerprint of what an Envoy must hold to serve an ingress as it is now.
 pub fn fingerprint(needed: &[ServedResource]) -> String {
     let mut digest = Sha256::new();
@@ -186,6 +234,43 @@ mod tests {
         let data = report.to_data();
         assert!(data.contains_key("ClusterIngress__legacy"), "{data:?}");
         assert_eq!(ReplicaReport::from_data("sluice-0", &data), report);
+    }
+
+    #[test]
+    fn an_update_touches_only_the_ingresses_it_names_unless_complete() {
+        let web = key(IngressKind::Ingress, "default", "web");
+        let api = key(IngressKind::Ingress, "default", "api");
+        let mut report = ReplicaReport {
+            replica: "r".into(),
+            envoys: BTreeMap::from([(Group::All, 1)]),
+            ingresses: BTreeMap::from([
+                (web.clone(), Convergence::Acked("1".into())),
+                (api.clone(), Convergence::Acked("2".into())),
+            ]),
+        };
+        let before = report.clone();
+        report.update(ReportUpdate {
+            envoys: BTreeMap::from([(Group::All, 1)]),
+            entries: vec![(web.clone(), None)],
+            complete: false,
+        });
+        assert_eq!(report.ingresses.keys().collect::<Vec<_>>(), [&api]);
+        let dirty = before.differences(&report);
+        assert!(!dirty.is_all());
+        assert_eq!(
+            dirty
+                .keys(&BTreeMap::<IngressKey, ()>::new())
+                .collect::<Vec<_>>(),
+            [&web]
+        );
+
+        report.update(ReportUpdate {
+            envoys: BTreeMap::from([(Group::All, 2)]),
+            entries: vec![(web.clone(), Some(Convergence::Acked("3".into())))],
+            complete: true,
+        });
+        assert_eq!(report.ingresses.keys().collect::<Vec<_>>(), [&web]);
+        assert!(before.differences(&report).is_all(), "the Envoys changed");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! API server already shows Ready at its current generation is not marked down for want of
 //! Envoys: a restarted replica or a new leader gives Envoys time to reconnect first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +30,8 @@ use tokio::time::Instant;
 
 use crate::knative::{self, ClusterIngressResource, IngressKey, IngressKind, IngressResource};
 use crate::metrics::Metrics;
-use crate::status::replicas::{self, ReplicaReport};
+use crate::status::Dirty;
+use crate::status::replicas::{self, ReplicaReport, ReportUpdate};
 
 /// A verdict still moving is written once it has lasted this long.
 pub const SETTLE: Duration = Duration::from_secs(1);
@@ -77,18 +78,31 @@ impl Default for Timing {
     }
 }
 
-/// What the writer reads: the wanted status of each owned ingress, and this replica's report.
+/// Who asks [`StatusSource::take_dirty`]: each keeps its own account of what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    /// The status writer.
+    Writer,
+    /// This replica's report.
+    Report,
+}
+
+/// What the writer reads: the wanted status of each owned ingress, and this replica's report,
+/// for the ingresses that may have changed.
 pub trait StatusSource: Send + Sync + 'static {
-    /// Calls `each` with every owned ingress, the status it should have now, and the status the
-    /// source last saw on it.
+    /// The ingresses whose status may have changed since `consumer` last asked.
+    fn take_dirty(&self, consumer: Consumer) -> Dirty;
+    /// Calls `each` with every owned ingress of `scope`, the status it should have now, and
+    /// the status the source last saw on it.
     fn knative_statuses(
         &self,
         others: &[ReplicaReport],
+        scope: &Dirty,
         now: &str,
         each: &mut dyn FnMut(&IngressKey, knative::IngressStatus, Option<&knative::IngressStatus>),
     );
-    /// What this replica's own Envoys ACKed.
-    fn local_report(&self, replica: &str) -> ReplicaReport;
+    /// What this replica's own Envoys say about the ingresses of `scope`.
+    fn local_report(&self, scope: &Dirty) -> ReportUpdate;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +122,8 @@ pub enum WriterError {
 #[derive(Debug, Default)]
 pub struct OtherReplicas {
     reports: Mutex<BTreeMap<String, (ReplicaReport, Option<Timestamp>)>>,
+    /// The ingresses on which the reports changed since the writer last asked.
+    dirty: Mutex<Dirty>,
     fresh_for: Duration,
 }
 
@@ -124,6 +140,18 @@ impl OtherReplicas {
             })
             .map(|(report, _)| report.clone())
             .collect()
+    }
+
+    /// The ingresses on which the reports changed since the last call.
+    fn take_dirty(&self) -> Dirty {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn mark(&self, dirty: Dirty) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .merge(dirty);
     }
 
     fn lock(
@@ -172,6 +200,7 @@ impl StatusWriter {
         let (leader_tx, leader) = watch::channel(false);
         let others = Arc::new(OtherReplicas {
             reports: Mutex::default(),
+            dirty: Mutex::default(),
             fresh_for: config.timing.lease_duration,
         });
         let reports: Api<ConfigMap> = Api::namespaced(client.clone(), &config.namespace);
@@ -294,16 +323,20 @@ async fn read_reports(
             Event::InitDone => {
                 if let Some(listed) = listing.take() {
                     *reports = listed;
+                    others.mark(Dirty::all());
                 }
             }
             Event::Apply(map) => {
-                if let Some((name, report)) = read(&map, &replica) {
-                    reports.insert(name, report);
+                if let Some((name, (report, renewed))) = read(&map, &replica) {
+                    let before = reports.get(&name).map(|(report, _)| report);
+                    others.mark(before.cloned().unwrap_or_default().differences(&report));
+                    reports.insert(name, (report, renewed));
                 }
             }
             Event::Delete(map) => {
                 if let Some((name, _)) = read(&map, &replica) {
                     reports.remove(&name);
+                    others.mark(Dirty::all());
                 }
             }
         }
@@ -339,10 +372,18 @@ async fn publish_report(
     mut changed: watch::Receiver<()>,
 ) {
     let heartbeat = config.timing.lease_duration / 3;
+    let mut report = ReplicaReport {
+        replica: config.replica.clone(),
+        ..ReplicaReport::default()
+    };
     let mut published: Option<BTreeMap<String, String>> = None;
     let mut renew_at = Instant::now();
     loop {
-        let data = source.local_report(&config.replica).to_data();
+        let scope = source.take_dirty(Consumer::Report);
+        if !scope.is_empty() {
+            report.update(source.local_report(&scope));
+        }
+        let data = report.to_data();
         let renew = Instant::now() >= renew_at;
         let result = match &published {
             None => create_report(&api, &name, &config, &data).await,
@@ -524,20 +565,21 @@ impl Writer {
         mut changed: watch::Receiver<()>,
         mut others_changed: watch::Receiver<()>,
     ) {
-        // What this replica wrote and the API server has not echoed back yet.
-        let mut written: BTreeMap<IngressKey, knative::IngressStatus> = BTreeMap::new();
-        let mut moving: BTreeMap<IngressKey, Instant> = BTreeMap::new();
+        let mut book = Book::default();
         let mut grace_until = Instant::now();
         let mut wake_at: Option<Instant> = None;
+        // Reports expire without an event: look again at least this often.
+        let freshness = self.config.timing.lease_duration / 2;
+        let mut fresh: BTreeSet<String> = BTreeSet::new();
         loop {
             if !*leader.borrow_and_update() {
-                written.clear();
-                moving.clear();
+                book = Book::default();
                 wake_at = None;
                 if leader.changed().await.is_err() {
                     return;
                 }
                 grace_until = Instant::now() + self.config.timing.startup_grace;
+                book.retry.mark_all();
                 continue;
             }
             let woke = async {
@@ -551,57 +593,73 @@ impl Writer {
                 result = others_changed.changed() => if result.is_err() { return },
                 result = leader.changed() => { if result.is_err() { return } continue },
                 () = woke => {}
+                () = tokio::time::sleep(freshness) => {}
             }
             tokio::time::sleep(DEBOUNCE).await;
-            let (writes, next) = self.plan(&mut written, &mut moving, grace_until);
-            wake_at = next;
-            self.write(writes, &leader, &mut written, &mut wake_at)
-                .await;
+            let others = self.others.current();
+            let mut scope = self.source.take_dirty(Consumer::Writer);
+            scope.merge(self.others.take_dirty());
+            scope.merge(book.retry.take());
+            let now_fresh: BTreeSet<String> = others.iter().map(|r| r.replica.clone()).collect();
+            if now_fresh != fresh {
+                fresh = now_fresh;
+                scope.mark_all();
+            }
+            let due = Instant::now();
+            scope.extend(
+                book.moving
+                    .iter()
+                    .filter(|(_, (_, until))| *until <= due)
+                    .map(|(key, _)| key.clone()),
+            );
+            let writes = self.plan(&others, &scope, &mut book, grace_until);
+            self.write(writes, &leader, &mut book).await;
+            wake_at = book.next_wake();
         }
     }
 
-    /// Which statuses to write now, and when to look again for those held back.
+    /// Which statuses of `scope` to write now; the others it holds back are booked.
     fn plan(
         &self,
-        written: &mut BTreeMap<IngressKey, knative::IngressStatus>,
-        moving: &mut BTreeMap<IngressKey, Instant>,
+        others: &[ReplicaReport],
+        scope: &Dirty,
+        book: &mut Book,
         grace_until: Instant,
-    ) -> (Vec<(IngressKey, knative::IngressStatus)>, Option<Instant>) {
-        let others = self.others.current();
+    ) -> Vec<(IngressKey, knative::IngressStatus)> {
         let now = Instant::now();
+        let (mut written, mut moving) = book.take(scope);
         let mut writes = Vec::new();
-        let mut next: Option<Instant> = None;
-        let mut seen_moving = BTreeMap::new();
-        let mut seen_written = BTreeMap::new();
-        self.source
-            .knative_statuses(&others, &heartbeat_now(), &mut |key, wanted, observed| {
+        self.source.knative_statuses(
+            others,
+            scope,
+            &heartbeat_now(),
+            &mut |key, wanted, observed| {
                 // Until the API server echoes a write back, it holds what was written.
                 let unechoed = written.remove(key).filter(|mine| observed != Some(mine));
                 let current = unechoed.as_ref().or(observed);
-                let decision = decide(&wanted, current, moving.get(key).copied(), now, grace_until);
+                let since = moving.remove(key).map(|(since, _)| since);
+                let decision = decide(&wanted, current, since, now, grace_until);
                 if let Some(mine) = unechoed {
-                    seen_written.insert(key.clone(), mine);
+                    book.written.insert(key.clone(), mine);
                 }
                 match decision {
                     Decision::Skip => {}
                     Decision::Write => writes.push((key.clone(), wanted)),
                     Decision::Hold(until) => {
-                        seen_moving.insert(key.clone(), moving.get(key).copied().unwrap_or(now));
-                        next = Some(next.map_or(until, |next| next.min(until)));
+                        book.moving
+                            .insert(key.clone(), (since.unwrap_or(now), until));
                     }
                 }
-            });
-        *moving = seen_moving;
-        *written = seen_written;
-        (writes, next)
+            },
+        );
+        writes
     }
 
     async fn write(
         &self,
         writes: Vec<(IngressKey, knative::IngressStatus)>,
         leader: &watch::Receiver<bool>,
-        written: &mut BTreeMap<IngressKey, knative::IngressStatus>,
-        wake_at: &mut Option<Instant>,
+        book: &mut Book,
     ) {
         let results: Vec<_> = futures::stream::iter(writes)
             .map(|(key, status)| async move {
@@ -618,17 +676,67 @@ impl Writer {
             match result {
                 Ok(true) => {
                     self.metrics.status_writes.inc();
-                    written.insert(key, status);
+                    book.written.insert(key, status);
                 }
                 Ok(false) => {}
                 Err(kube::Error::Api(response)) if response.code == 404 => {}
                 Err(error) => {
                     tracing::warn!(ingress = %key, "writing status failed, retrying: {error}");
-                    let retry = Instant::now() + Duration::from_secs(1);
-                    *wake_at = Some(wake_at.map_or(retry, |at| at.min(retry)));
+                    book.retry.insert(key.clone());
+                    book.retry_at = Some(Instant::now() + Duration::from_secs(1));
                 }
             }
         }
+    }
+}
+
+/// What the writer remembers between rounds, per ingress.
+#[derive(Debug, Default)]
+struct Book {
+    /// What it wrote and the API server has not echoed back yet.
+    written: BTreeMap<IngressKey, knative::IngressStatus>,
+    /// Verdicts held back while they move: since when, and until when.
+    moving: BTreeMap<IngressKey, (Instant, Instant)>,
+    /// Ingresses to look at again (failed writes; everything on taking the Lease).
+    retry: Dirty,
+    retry_at: Option<Instant>,
+}
+
+impl Book {
+    /// Takes out what it holds on the ingresses of `scope`: the round decides them afresh, and
+    /// those of `scope` it does not visit (gone, or no longer owned) are forgotten.
+    #[allow(clippy::type_complexity)]
+    fn take(
+        &mut self,
+        scope: &Dirty,
+    ) -> (
+        BTreeMap<IngressKey, knative::IngressStatus>,
+        BTreeMap<IngressKey, (Instant, Instant)>,
+    ) {
+        if scope.is_all() {
+            return (
+                std::mem::take(&mut self.written),
+                std::mem::take(&mut self.moving),
+            );
+        }
+        let mut written = BTreeMap::new();
+        let mut moving = BTreeMap::new();
+        for key in scope.keys(&BTreeMap::<IngressKey, ()>::new()) {
+            if let Some(mine) = self.written.remove(key) {
+                written.insert(key.clone(), mine);
+            }
+            if let Some(hold) = self.moving.remove(key) {
+                moving.insert(key.clone(), hold);
+            }
+        }
+        (written, moving)
+    }
+
+    /// When to look again: the earliest hold's end, or a retry.
+    fn next_wake(&mut self) -> Option<Instant> {
+        let hold = self.moving.values().map(|(_, until)| *until).min();
+        let retry = self.retry_at.take().filter(|_| !self.retry.is_empty());
+        hold.into_iter().chain(retry).min()
     }
 }
 

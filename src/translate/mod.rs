@@ -682,6 +682,44 @@ impl Translator {
         served
     }
 
+    /// The ingresses whose status a change to, or an Envoy's verdict on, this resource may
+    /// change: for a host's scopes and route configurations, the ingresses that claim the host
+    /// (those that serve it and those that lost it to them); for a TLS secret, those of every
+    /// host that names it. Other resources carry no ingress's status.
+    pub fn claimants(&self, type_url: TypeUrl, name: &str) -> BTreeSet<IngressKey> {
+        match type_url {
+            TypeUrl::RouteConfiguration | TypeUrl::ScopedRouteConfiguration => {
+                let host = name.rsplit_once('/').map_or(name, |(_, host)| host);
+                self.claimants_of_host(host).collect()
+            }
+            TypeUrl::Secret => name
+                .split_once('/')
+                .map(|(namespace, secret)| self.naming_secret(&NsName::new(namespace, secret)))
+                .unwrap_or_default(),
+            TypeUrl::Cluster | TypeUrl::ClusterLoadAssignment | TypeUrl::Listener => {
+                BTreeSet::new()
+            }
+        }
+    }
+
+    /// The ingresses that claim a host naming this secret.
+    pub fn naming_secret(&self, secret: &NsName) -> BTreeSet<IngressKey> {
+        self.secret_hosts
+            .get(secret)
+            .into_iter()
+            .flatten()
+            .flat_map(|host| self.claimants_of_host(host))
+            .collect()
+    }
+
+    fn claimants_of_host<'a>(&'a self, host: &str) -> impl Iterator<Item = IngressKey> + 'a {
+        self.hosts
+            .get(host)
+            .into_iter()
+            .flat_map(|h| h.owners.iter().chain(&h.losers))
+            .cloned()
+    }
+
     /// The ingresses whose routes make up a resource, to blame them when Envoy rejects it.
     pub fn owners(&self, type_url: TypeUrl, name: &str) -> BTreeSet<IngressKey> {
         match type_url {
@@ -1131,5 +1169,20 @@ spec:
         let winner = translator.outcome(&key("a"));
         assert!(winner.served_hosts.contains("a.example.com"));
         assert!(winner.conflicts.is_empty());
+        // A verdict on the host's routes concerns both: the one that serves it and the one
+        // that lost it.
+        assert_eq!(
+            translator.claimants(TypeUrl::RouteConfiguration, "a.example.com"),
+            BTreeSet::from([key("a"), key("late")])
+        );
+        assert_eq!(
+            translator.claimants(TypeUrl::ScopedRouteConfiguration, "external/a.example.com"),
+            BTreeSet::from([key("a"), key("late")])
+        );
+        assert!(
+            translator
+                .claimants(TypeUrl::Cluster, "default/svc-b:80")
+                .is_empty()
+        );
     }
 }

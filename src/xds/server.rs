@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -68,6 +68,10 @@ pub struct ProxyRegistry {
     replica_id: String,
     /// Bumped whenever an Envoy connects, disconnects, ACKs or NACKs.
     changes: watch::Sender<()>,
+    /// Bumped whenever an Envoy connects or disconnects.
+    membership: AtomicU64,
+    /// Whether streams record what their Envoys settle (see [`ProxyRegistry::track_settled`]).
+    tracks_settled: AtomicBool,
 }
 
 impl ProxyRegistry {
@@ -79,7 +83,20 @@ impl ProxyRegistry {
             next_id: AtomicU64::default(),
             replica_id: replica_id.into(),
             changes: watch::channel(()).0,
+            membership: AtomicU64::default(),
+            tracks_settled: AtomicBool::default(),
         }
+    }
+
+    /// Makes every stream record the resources its Envoy ACKs or rejects, for someone who
+    /// drains them with [`StreamState::take_settled`] (else nothing is recorded).
+    pub fn track_settled(&self) {
+        self.tracks_settled.store(true, Ordering::Relaxed);
+    }
+
+    /// Changes whenever an Envoy connects or disconnects.
+    pub fn membership(&self) -> u64 {
+        self.membership.load(Ordering::Relaxed)
     }
 
     pub fn replica_id(&self) -> &str {
@@ -251,15 +268,20 @@ impl AdsService {
         };
         let node = first.node().cloned().unwrap_or_default();
         let role = role_of(&node);
+        let mut state = StreamState::new(mode, Group::from_role(role.as_deref()));
+        if self.registry.tracks_settled.load(Ordering::Relaxed) {
+            state.track_settled();
+        }
         let proxy = Arc::new(Proxy {
             node_id: node.id.clone(),
-            state: Mutex::new(StreamState::new(mode, Group::from_role(role.as_deref()))),
+            state: Mutex::new(state),
             role,
             mode,
             connected_at: SystemTime::now(),
         });
         let id = self.registry.next_id.fetch_add(1, Ordering::Relaxed);
         self.registry.lock().insert(id, proxy.clone());
+        self.registry.membership.fetch_add(1, Ordering::Relaxed);
         self.registry.changed();
         self.metrics.connected_proxies.inc();
         tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
@@ -352,6 +374,7 @@ impl AdsService {
 
     fn disconnect(&self, id: u64, proxy: &Proxy) {
         self.registry.lock().remove(&id);
+        self.registry.membership.fetch_add(1, Ordering::Relaxed);
         self.registry.changed();
         self.metrics.connected_proxies.dec();
         tracing::info!(node = %proxy.node_id, "Envoy disconnected");

@@ -259,6 +259,9 @@ pub struct StreamState {
     /// Clusters the Envoy held on reconnect that the snapshot lacks, rebuilt by the control
     /// plane: SotW keeps them in CDS while a route may name them.
     retired: BTreeMap<String, ClusterResources>,
+    /// When tracked: the resources the client ACKed or rejected since the last
+    /// [`StreamState::take_settled`], so that whoever reports on them looks only at those.
+    settled: Option<Vec<(TypeUrl, String)>>,
 }
 
 fn digest_of(resources: &[Arc<Resource>]) -> String {
@@ -282,7 +285,22 @@ impl StreamState {
             looked_up: false,
             polled: false,
             retired: BTreeMap::new(),
+            settled: None,
         }
+    }
+
+    /// Starts recording what the client ACKs or rejects, for [`StreamState::take_settled`].
+    pub fn track_settled(&mut self) {
+        self.settled.get_or_insert_with(Vec::new);
+    }
+
+    /// The resources the client ACKed or rejected since the last call (none unless
+    /// [`StreamState::track_settled`]).
+    pub fn take_settled(&mut self) -> Vec<(TypeUrl, String)> {
+        self.settled
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Whether the Envoy holds config from an earlier stream and may still be sending the
@@ -553,6 +571,14 @@ impl StreamState {
         let Some(in_flight) = state.in_flight.take() else {
             return RequestOutcome::Subscribed;
         };
+        if let Some(settled) = &mut self.settled {
+            settled.extend(
+                in_flight
+                    .changes
+                    .keys()
+                    .map(|name| (type_url, name.clone())),
+            );
+        }
         if let Some(message) = error {
             let nack = Nack {
                 version: in_flight.version,
