@@ -244,7 +244,7 @@ async fn in_cluster(args: &RolloutArgs, shares: &[(String, i64)]) -> anyhow::Res
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     loop {
         let latest = routes.get(&args.route).await?;
-        let view = cluster_view(&latest);
+        let view = RouteView::from_resource(&latest);
         let observed = latest
             .status
             .as_ref()
@@ -347,44 +347,6 @@ fn why_not(view: Option<&RouteView>, wanted: &[TrafficTarget]) -> String {
             traffic(&view.traffic)
         ),
         None => "it is not Ready yet".to_owned(),
-    }
-}
-
-/// A Route from the API server as `get route` shows it.
-fn cluster_view(route: &RouteResource) -> RouteView {
-    let status = route.status.clone().unwrap_or_default();
-    let mut defaulted = Route {
-        metadata: Default::default(),
-        spec: route.spec.clone(),
-        status: None,
-        origin: None,
-    };
-    defaulted.set_defaults();
-    RouteView {
-        namespace: route.metadata.namespace.clone().unwrap_or_default(),
-        name: route.metadata.name.clone().unwrap_or_default(),
-        url: status.url.clone(),
-        address_url: status.address.and_then(|address| address.url),
-        traffic: status.traffic,
-        spec_traffic: defaulted.spec.traffic,
-        conditions: status
-            .conditions
-            .into_iter()
-            .map(|c| Condition {
-                kind: c.type_,
-                status: c.status,
-                reason: c.reason,
-                message: c.message,
-            })
-            .collect(),
-        generation: route.metadata.generation,
-        creation_timestamp: route
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|time| time.0.to_string()),
-        origin: None,
-        ingress: None,
     }
 }
 

@@ -43,16 +43,24 @@ pub struct RouteView {
 }
 
 impl RouteView {
-    /// A Route as the API server holds it, with the status its writer gave it.
+    /// A Route as the API server holds it (its traffic with Knative's defaults), with the
+    /// status its writer gave it.
     pub fn from_resource(route: &crate::knative::RouteResource) -> RouteView {
         let status = route.status.clone().unwrap_or_default();
+        let mut defaulted = crate::knative::Route {
+            metadata: Default::default(),
+            spec: route.spec.clone(),
+            status: None,
+            origin: None,
+        };
+        defaulted.set_defaults();
         RouteView {
             namespace: route.metadata.namespace.clone().unwrap_or_default(),
             name: route.metadata.name.clone().unwrap_or_default(),
             url: status.url,
             address_url: status.address.and_then(|address| address.url),
             traffic: status.traffic,
-            spec_traffic: route.spec.traffic.clone(),
+            spec_traffic: defaulted.spec.traffic,
             conditions: status
                 .conditions
                 .into_iter()

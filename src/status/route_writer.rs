@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -18,13 +17,11 @@ use tokio::time::Instant;
 use crate::knative::{RouteResource, RouteStatus};
 use crate::metrics::Metrics;
 use crate::status::replicas::ReplicaReport;
-use crate::status::writer::{Decision, OtherReplicas, decide, heartbeat_now};
+use crate::status::writer::{Decision, OtherReplicas, decide, heartbeat_now, send};
 use crate::world::NsName;
 
 /// Status changes that arrive together are written together.
 const DEBOUNCE: Duration = Duration::from_millis(20);
-/// Status patches in flight at once.
-const CONCURRENT_WRITES: usize = 32;
 
 /// What the writer reads: the wanted status of each Route whose Ingress sluice makes.
 pub trait RouteStatusSource: Send + Sync + 'static {
@@ -124,17 +121,14 @@ impl Writer {
         written: &mut BTreeMap<NsName, RouteStatus>,
         wake_at: &mut Option<Instant>,
     ) {
-        let results: Vec<_> = futures::stream::iter(writes)
-            .map(|(key, status)| async move {
-                if !*leader.borrow() {
-                    return (key, status, Ok(false));
-                }
-                let result = patch_status(&self.client, &key, &status).await;
-                (key, status, result.map(|()| true))
-            })
-            .buffer_unordered(CONCURRENT_WRITES)
-            .collect()
-            .await;
+        let results = send(writes, leader, |key, status| {
+            let client = self.client.clone();
+            async move {
+                let result = patch_status(&client, &key, &status).await;
+                (key, status, result)
+            }
+        })
+        .await;
         for (key, status, result) in results {
             match result {
                 Ok(true) => {

@@ -661,17 +661,14 @@ impl Writer {
         leader: &watch::Receiver<bool>,
         book: &mut Book,
     ) {
-        let results: Vec<_> = futures::stream::iter(writes)
-            .map(|(key, status)| async move {
-                if !*leader.borrow() {
-                    return (key, status, Ok(false));
-                }
-                let result = patch_status(&self.client, &key, &status).await;
-                (key, status, result.map(|()| true))
-            })
-            .buffer_unordered(CONCURRENT_WRITES)
-            .collect()
-            .await;
+        let results = send(writes, leader, |key, status| {
+            let client = self.client.clone();
+            async move {
+                let result = patch_status(&client, &key, &status).await;
+                (key, status, result)
+            }
+        })
+        .await;
         for (key, status, result) in results {
             match result {
                 Ok(true) => {
@@ -688,6 +685,30 @@ impl Writer {
             }
         }
     }
+}
+
+/// Sends each status with `patch`, [`CONCURRENT_WRITES`] at a time, as long as this replica
+/// holds the Lease; returns each with whether it was sent (`Ok(false)`: no longer the leader).
+pub(crate) async fn send<K, S, Fut>(
+    writes: Vec<(K, S)>,
+    leader: &watch::Receiver<bool>,
+    patch: impl Fn(K, S) -> Fut,
+) -> Vec<(K, S, Result<bool, kube::Error>)>
+where
+    Fut: Future<Output = (K, S, Result<(), kube::Error>)>,
+{
+    let patch = &patch;
+    futures::stream::iter(writes)
+        .map(|(key, status)| async move {
+            if !*leader.borrow() {
+                return (key, status, Ok(false));
+            }
+            let (key, status, result) = patch(key, status).await;
+            (key, status, result.map(|()| true))
+        })
+        .buffer_unordered(CONCURRENT_WRITES)
+        .collect()
+        .await
 }
 
 /// What the writer remembers between rounds, per ingress.
