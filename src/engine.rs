@@ -26,8 +26,9 @@ pub struct Engine {
     publisher: watch::Sender<Option<Arc<Snapshot>>>,
     metrics: Arc<Metrics>,
     balancers: LoadBalancers,
-    /// The ingresses whose status batches may have changed since it was last taken.
-    status_dirty: Dirty,
+    /// When someone writes status: the ingresses whose status batches may have changed since
+    /// it was last taken.
+    status_dirty: Option<Dirty>,
 }
 
 /// What one batch cost.
@@ -54,7 +55,7 @@ impl Engine {
             publisher,
             metrics,
             balancers,
-            status_dirty: Dirty::all(),
+            status_dirty: None,
         };
         (engine, feed)
     }
@@ -86,14 +87,14 @@ impl Engine {
         }
         let changes = self.world.apply(staged.events);
         let updates = self.translator.apply(&self.world, &changes);
-        self.status_dirty.extend(changes.ingresses.iter().cloned());
-        for secret in &changes.secrets {
-            self.status_dirty
-                .extend(self.translator.naming_secret(secret));
-        }
-        for update in &updates {
-            self.status_dirty
-                .extend(self.translator.claimants(update.type_url, &update.name));
+        if let Some(dirty) = &mut self.status_dirty {
+            dirty.extend(changes.ingresses.iter().cloned());
+            for secret in &changes.secrets {
+                dirty.extend(self.translator.naming_secret(secret));
+            }
+            for update in &updates {
+                dirty.extend(self.translator.claimants(update.type_url, &update.name));
+            }
         }
         let translation = started.elapsed();
         self.metrics
@@ -156,9 +157,16 @@ impl Engine {
         view
     }
 
-    /// The ingresses whose status the batches since the last call may have changed.
+    /// The ingresses whose status the batches since the last call may have changed (all of
+    /// them the first time).
     pub fn take_status_dirty(&mut self) -> Dirty {
-        self.status_dirty.take()
+        match &mut self.status_dirty {
+            Some(dirty) => dirty.take(),
+            None => {
+                self.status_dirty = Some(Dirty::default());
+                Dirty::all()
+            }
+        }
     }
 
     /// The ingresses whose status an Envoy's verdict on this resource may change.
