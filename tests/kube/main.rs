@@ -16,6 +16,7 @@ mod cli;
 mod conformance;
 mod install;
 mod kit;
+mod parity;
 mod replicas;
 mod restart;
 mod routes;
@@ -102,6 +103,14 @@ fn trials() -> Vec<Trial> {
         restart::api_server,
     ));
     trials.extend(in_both("replicas::leader_hand_over", replicas::hand_over));
+    trials.push(trial(
+        "parity::same_resources_from_files_and_api",
+        parity::same_resources_from_files_and_api,
+    ));
+    trials.extend(in_both(
+        "parity::restarted_replica_resends_nothing",
+        parity::restarted_replica_resends_nothing,
+    ));
     trials.extend(in_both(
         "install::least_privilege_rbac",
         install::least_privilege,
