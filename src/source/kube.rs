@@ -70,7 +70,7 @@ pub struct KubeSourceOptions {
 pub enum KubeSourceError {
     #[error(
         "the Knative Ingress CRD (ingresses.{API_GROUP}) is not installed in this cluster; \
-         install Knative Serving, or apply sluice's with `sluice install crds | kubectl apply -f -`"
+         install Knative Serving, or sluice's own with `sluice install crds`"
     )]
     NoIngressCrd,
     #[error(
