@@ -48,6 +48,10 @@ pub struct KnativeArgs {
     /// sluice's container image (build it with the repository's Dockerfile).
     #[arg(long)]
     image: Option<String>,
+    /// Run sluice with `--serve-routes` (Knative Routes without Knative Serving), with the
+    /// permissions that needs and Knative's namespace for config-domain.
+    #[arg(long)]
+    serve_routes: bool,
     /// How long to wait for the Deployments to become available.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     timeout: u64,
@@ -81,6 +85,7 @@ pub async fn run(command: InstallCommand) -> anyhow::Result<()> {
 async fn knative(args: KnativeArgs) -> anyhow::Result<()> {
     let mut options = knative::KnativeInstall {
         namespace: args.namespace.clone(),
+        serve_routes: args.serve_routes,
         ..knative::KnativeInstall::default()
     };
     if let Some(image) = args.image {

@@ -30,6 +30,9 @@ const SERVING_NAMESPACE: &str = "knative-serving";
 pub struct KnativeInstall {
     pub namespace: String,
     pub image: String,
+    /// sluice also serves Knative Routes (`serve --serve-routes`), for clusters without
+    /// Knative Serving, and may read and write what that needs.
+    pub serve_routes: bool,
 }
 
 impl Default for KnativeInstall {
@@ -37,13 +40,14 @@ impl Default for KnativeInstall {
         KnativeInstall {
             namespace: "gloo-system".to_owned(),
             image: format!("ghcr.io/sluice-dev/sluice:{}", env!("CARGO_PKG_VERSION")),
+            serve_routes: false,
         }
     }
 }
 
 /// The manifests, grouped by the file of `deploy/knative/` each goes in.
 pub fn manifests(install: &KnativeInstall) -> Vec<(&'static str, Vec<Value>)> {
-    vec![
+    let mut parts = vec![
         ("namespace.yaml", vec![namespace(install)]),
         ("rbac.yaml", rbac(install)),
         ("sluice.yaml", sluice(install)),
@@ -56,13 +60,19 @@ pub fn manifests(install: &KnativeInstall) -> Vec<(&'static str, Vec<Value>)> {
             proxy(install, INTERNAL_PROXY, "ClusterIP"),
         ),
         ("config-network.yaml", vec![config_network()]),
-    ]
+    ];
+    if install.serve_routes {
+        parts.push(("serve-routes.yaml", serve_routes(install)));
+    }
+    parts
 }
 
 /// Whether an object is Knative Serving's `config-network`, which only a cluster running
 /// Knative Serving has a namespace for.
 pub fn is_serving_config(object: &Value) -> bool {
-    object["metadata"]["namespace"] == SERVING_NAMESPACE
+    object["kind"] == "ConfigMap"
+        && object["metadata"]["namespace"] == SERVING_NAMESPACE
+        && object["metadata"]["name"] == "config-network"
 }
 
 fn labels(component: &str) -> Value {
@@ -163,6 +173,24 @@ fn field_env(name: &str, path: &str) -> Value {
 
 fn sluice(install: &KnativeInstall) -> Vec<Value> {
     let ns = &install.namespace;
+    let mut args = vec![
+        "serve".to_owned(),
+        "--xds-addr".to_owned(),
+        format!("0.0.0.0:{XDS_PORT}"),
+        "--admin-addr".to_owned(),
+        format!("0.0.0.0:{ADMIN_PORT}"),
+        "--http-port".to_owned(),
+        HTTP_PORT.to_string(),
+        "--https-port".to_owned(),
+        HTTPS_PORT.to_string(),
+        "--internal-http-port".to_owned(),
+        HTTP_PORT.to_string(),
+        "--internal-https-port".to_owned(),
+        HTTPS_PORT.to_string(),
+    ];
+    if install.serve_routes {
+        args.push("--serve-routes".to_owned());
+    }
     let probe =
         |path: &str| json!({"httpGet": {"path": path, "port": "admin"}, "periodSeconds": 5});
     vec![
@@ -180,15 +208,7 @@ fn sluice(install: &KnativeInstall) -> Vec<Value> {
                         "containers": [{
                             "name": "sluice",
                             "image": install.image,
-                            "args": [
-                                "serve",
-                                "--xds-addr", format!("0.0.0.0:{XDS_PORT}"),
-                                "--admin-addr", format!("0.0.0.0:{ADMIN_PORT}"),
-                                "--http-port", HTTP_PORT.to_string(),
-                                "--https-port", HTTPS_PORT.to_string(),
-                                "--internal-http-port", HTTP_PORT.to_string(),
-                                "--internal-https-port", HTTPS_PORT.to_string(),
-                            ],
+                            "args": args,
                             "env": [
                                 field_env("POD_NAME", "metadata.name"),
                                 field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -289,6 +309,59 @@ fn proxy(install: &KnativeInstall, name: &str, service_type: &str) -> Vec<Value>
                     {"name": "https", "port": 443, "targetPort": HTTPS_PORT},
                 ],
             },
+        }),
+    ]
+}
+
+/// What `--serve-routes` needs beyond the ingresses: Serving's Routes and Configurations, the
+/// Routes' status, and Knative's `config-domain` and `config-features` in its namespace (made
+/// here for clusters without Knative Serving, where those ConfigMaps may be added).
+fn serve_routes(install: &KnativeInstall) -> Vec<Value> {
+    let ns = &install.namespace;
+    let name = format!("sluice-routes-{ns}");
+    let read = json!(["get", "list", "watch"]);
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": SERVING_NAMESPACE},
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name, "labels": labels("sluice")},
+            "rules": [
+                {
+                    "apiGroups": ["serving.knative.dev"],
+                    "resources": ["routes", "configurations"],
+                    "verbs": read,
+                },
+                {
+                    "apiGroups": ["serving.knative.dev"],
+                    "resources": ["routes/status"],
+                    "verbs": ["patch", "update"],
+                },
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name, "labels": labels("sluice")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": "sluice", "namespace": ns}],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": name, "namespace": SERVING_NAMESPACE, "labels": labels("sluice")},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": read}],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": SERVING_NAMESPACE, "labels": labels("sluice")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": "sluice", "namespace": ns}],
         }),
     ]
 }

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sluice::install::knative::{KnativeInstall, manifests};
-use sluice::knative::IngressResource;
+use sluice::knative::{IngressResource, RouteResource};
 
 use crate::kit::{self, Scene};
 use crate::support::cluster::{Cluster, client_from};
@@ -26,7 +26,10 @@ fn run(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-pub async fn install_knative(cluster: &'static Cluster) {
+pub async fn install_knative(_shared: &'static Cluster) {
+    // Whether Knative Serving's namespace exists decides what is applied, and other tests make
+    // it in the shared cluster: this one gets a cluster of its own.
+    let cluster = Cluster::start().await;
     let kubeconfig = cluster.kubeconfig.display().to_string();
     let namespace = "sluice-installed";
     let install = |timeout: &'static str| {
@@ -65,6 +68,7 @@ pub async fn install_knative(cluster: &'static Cluster) {
     let expected = manifests(&KnativeInstall {
         namespace: namespace.to_owned(),
         image: "sluice:test".to_owned(),
+        serve_routes: false,
     });
     for object in expected.iter().flat_map(|(_, objects)| objects) {
         if object["metadata"]["namespace"] == "knative-serving" {
@@ -139,6 +143,65 @@ async fn service_account_token(scene: &Scene<'_>) -> String {
         .status
         .expect("a token request status")
         .token
+}
+
+pub async fn least_privilege_serving_routes(cluster: &'static Cluster, delta: bool) {
+    let scene = Scene::new(cluster, "rbac-routes").await;
+    let objects: Vec<serde_json::Value> = manifests(&KnativeInstall {
+        namespace: scene.ns.clone(),
+        serve_routes: true,
+        ..KnativeInstall::default()
+    })
+    .into_iter()
+    .filter(|(file, _)| ["rbac.yaml", "serve-routes.yaml"].contains(file))
+    .flat_map(|(_, objects)| objects)
+    .collect();
+    scene.apply(&objects).await;
+    let token = service_account_token(&scene).await;
+    let kubeconfig = cluster.kubeconfig_for(&scene.ns, &token);
+
+    let backend = kit::backend("hello-00001");
+    scene
+        .apply(&scene.service("hello-00001", backend.addr()))
+        .await;
+    scene
+        .apply(&[json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Route",
+            "metadata": {"name": "hello", "namespace": scene.ns},
+            "spec": {"traffic": [{"revisionName": "hello-00001", "percent": 100}]},
+        })])
+        .await;
+    let stack = Stack::start_on(
+        scene.sluice_as(&kubeconfig, &["--serve-routes"]),
+        StackOptions {
+            delta,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let host = format!("hello.{}.example.com", scene.ns);
+    let response = stack
+        .get_until(stack.http_addr(), &host, "/", kit::CONVERGE, |r| {
+            r.status == 200
+        })
+        .await;
+    assert_eq!(response.backend(), Some("hello-00001"));
+    let routes: Api<RouteResource> = Api::namespaced(scene.applier.client().clone(), &scene.ns);
+    let ready = crate::support::poll_until(kit::CONVERGE, async || {
+        let route = routes.get("hello").await.ok()?;
+        let ready = route
+            .status?
+            .conditions
+            .into_iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(())
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "the Route's status was not written with the installed RBAC"
+    );
 }
 
 pub async fn least_privilege(cluster: &'static Cluster, delta: bool) {

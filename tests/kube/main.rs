@@ -115,6 +115,10 @@ fn trials() -> Vec<Trial> {
         "install::least_privilege_rbac",
         install::least_privilege,
     ));
+    trials.extend(in_both(
+        "install::least_privilege_rbac_serving_routes",
+        install::least_privilege_serving_routes,
+    ));
     trials.push(trial("install::install_knative", install::install_knative));
     trials.push(trial(
         "install::install_crds_leaves_foreign_ones",
