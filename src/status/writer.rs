@@ -571,6 +571,8 @@ impl Writer {
         // Reports expire without an event: look again at least this often.
         let freshness = self.config.timing.lease_duration / 2;
         let mut fresh: BTreeSet<String> = BTreeSet::new();
+        // Taking the Lease calls for a look at every ingress at once, not at the next event.
+        let mut at_once = false;
         loop {
             if !*leader.borrow_and_update() {
                 book = Book::default();
@@ -580,20 +582,23 @@ impl Writer {
                 }
                 grace_until = Instant::now() + self.config.timing.startup_grace;
                 book.retry.mark_all();
+                at_once = true;
                 continue;
             }
-            let woke = async {
-                match wake_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            if !std::mem::take(&mut at_once) {
+                let woke = async {
+                    match wake_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    result = changed.changed() => if result.is_err() { return },
+                    result = others_changed.changed() => if result.is_err() { return },
+                    result = leader.changed() => { if result.is_err() { return } continue },
+                    () = woke => {}
+                    () = tokio::time::sleep(freshness) => {}
                 }
-            };
-            tokio::select! {
-                result = changed.changed() => if result.is_err() { return },
-                result = others_changed.changed() => if result.is_err() { return },
-                result = leader.changed() => { if result.is_err() { return } continue },
-                () = woke => {}
-                () = tokio::time::sleep(freshness) => {}
             }
             tokio::time::sleep(DEBOUNCE).await;
             let others = self.others.current();

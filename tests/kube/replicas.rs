@@ -63,8 +63,10 @@ pub async fn hand_over(cluster: &'static Cluster, delta: bool) {
     let took = killed.elapsed();
     assert_eq!(ingress.status.unwrap().observed_generation, Some(2));
     assert_eq!(holder(&scene).await.as_deref(), Some("second"));
-    // The Lease may have been renewed just before the kill; then settling and writing.
-    let bound = Duration::from_secs(LEASE_SECONDS) + Duration::from_secs(3);
+    // The Lease may have been renewed just before the kill, so it lasts up to its duration;
+    // then kube-lease-manager waits up to 1 s before taking it, and the write follows. The
+    // margin also absorbs a loaded machine.
+    let bound = Duration::from_secs(LEASE_SECONDS) + Duration::from_secs(5);
     assert!(
         took <= bound,
         "the follower wrote status {took:?} after the leader died (lease {LEASE_SECONDS} s)"
