@@ -89,7 +89,7 @@ fn load_assignment(name: &str, addresses: &BTreeSet<(String, u32)>) -> ClusterLo
     }
 }
 
-fn h2c_options() -> Any {
+pub(crate) fn h2_options() -> Any {
     pack(&HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
@@ -122,7 +122,7 @@ pub fn backend(key: &ClusterKey, world: &World) -> Backend {
     if port.is_some_and(speaks_h2c) {
         cluster.typed_extension_protocol_options.insert(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
-            h2c_options(),
+            h2_options(),
         );
     }
     let spec = service.and_then(|service| service.spec.as_ref());

@@ -8,6 +8,7 @@
 //! (SRDS), so one changed ingress never re-sends the route table of the others.
 
 mod clusters;
+mod gateway;
 mod listeners;
 mod routes;
 mod tls;
@@ -21,9 +22,11 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::knative::IngressKey;
+use crate::options::GatewayOptions;
 use crate::world::{ChangeSet, NsName, World};
 use crate::xds::{ClusterResources, Group, Resource, ResourceUpdate, TypeUrl};
 
+pub use gateway::{EXT_AUTHZ_CLUSTER, TRACING_CLUSTER};
 pub use routes::{ClusterKey, LISTENER_HEADER, ListenerKind};
 pub use tls::SecretProblem;
 
@@ -112,7 +115,11 @@ struct BackendResources {
 
 pub struct Translator {
     config: TranslateConfig,
+    options: GatewayOptions,
     listeners_emitted: bool,
+    http_listeners: BTreeMap<ListenerKind, Arc<Resource>>,
+    /// The clusters of the services the options name (authorization, tracing).
+    gateway_clusters: BTreeMap<&'static str, Arc<Resource>>,
     /// Every secret a host names: its check, and its SDS resource when it passes.
     secrets: BTreeMap<NsName, Result<Arc<Resource>, SecretProblem>>,
     secret_hosts: BTreeMap<NsName, BTreeSet<String>>,
@@ -131,7 +138,10 @@ impl Translator {
     pub fn new(config: TranslateConfig) -> Self {
         Translator {
             config,
+            options: GatewayOptions::default(),
             listeners_emitted: false,
+            http_listeners: BTreeMap::new(),
+            gateway_clusters: BTreeMap::new(),
             secrets: BTreeMap::new(),
             secret_hosts: BTreeMap::new(),
             chains: BTreeMap::new(),
@@ -160,7 +170,8 @@ impl Translator {
     pub fn apply(&mut self, world: &World, changes: &ChangeSet) -> Vec<ResourceUpdate> {
         let mut out = Vec::new();
         if !self.listeners_emitted {
-            self.emit_listeners(&mut out);
+            self.emit_gateway(&mut out);
+            self.listeners_emitted = true;
         }
         let planned = par_map(changes.ingresses.iter().collect(), |key| {
             let plan = world
@@ -226,22 +237,66 @@ impl Translator {
         out
     }
 
-    fn emit_listeners(&mut self, out: &mut Vec<ResourceUpdate>) {
-        for kind in [ListenerKind::External, ListenerKind::Internal] {
-            let listener = listeners::http_listener(&self.config, kind);
-            out.push(ResourceUpdate {
-                type_url: TypeUrl::Listener,
-                groups: Some(groups_of(kind)),
-                name: listener.name.clone(),
-                resource: Some(Resource::new(
-                    TypeUrl::Listener,
-                    listener.name.clone(),
-                    &listener,
-                    Vec::new(),
-                )),
-            });
+    /// Puts new gateway options in force: only the listeners and the clusters of the services
+    /// the options name change, and only those whose bytes differ.
+    pub fn configure(&mut self, options: GatewayOptions) -> Vec<ResourceUpdate> {
+        let mut out = Vec::new();
+        if options == self.options {
+            return out;
         }
-        self.listeners_emitted = true;
+        self.options = options;
+        if self.listeners_emitted {
+            self.emit_gateway(&mut out);
+        }
+        out
+    }
+
+    /// The gateway options in force.
+    pub fn options(&self) -> &GatewayOptions {
+        &self.options
+    }
+
+    /// Brings every listener and the options' clusters up to date.
+    fn emit_gateway(&mut self, out: &mut Vec<ResourceUpdate>) {
+        // Clusters first: a listener's filters may name them.
+        let wanted: Vec<(
+            &'static str,
+            Option<envoy_types::pb::envoy::config::cluster::v3::Cluster>,
+        )> = vec![
+            (
+                gateway::EXT_AUTHZ_CLUSTER,
+                self.options
+                    .ext_authz
+                    .as_ref()
+                    .map(gateway::ext_authz_cluster),
+            ),
+            (
+                gateway::TRACING_CLUSTER,
+                self.options.tracing.as_ref().map(gateway::tracing_cluster),
+            ),
+        ];
+        for (name, cluster) in wanted {
+            let next = cluster.map(|c| Resource::new(TypeUrl::Cluster, name, &c, Vec::new()));
+            let previous = match &next {
+                Some(next) => self.gateway_clusters.insert(name, next.clone()),
+                None => self.gateway_clusters.remove(name),
+            };
+            diff_one(TypeUrl::Cluster, name, previous, next, out);
+        }
+        for kind in [ListenerKind::External, ListenerKind::Internal] {
+            let listener = listeners::http_listener(&self.config, &self.options, kind);
+            let next = Resource::new(TypeUrl::Listener, &listener.name, &listener, Vec::new());
+            let previous = self.http_listeners.insert(kind, next.clone());
+            if previous.map(|r| r.digest) != Some(next.digest) {
+                out.push(ResourceUpdate {
+                    type_url: TypeUrl::Listener,
+                    groups: Some(groups_of(kind)),
+                    name: listener.name.clone(),
+                    resource: Some(next),
+                });
+            }
+        }
+        self.rebuild_https_listeners(out);
     }
 
     /// Checks the secrets that changed and the ones newly named by a host about to be rebuilt,
@@ -315,7 +370,7 @@ impl Translator {
     fn rebuild_https_listeners(&mut self, out: &mut Vec<ResourceUpdate>) {
         for kind in [ListenerKind::ExternalTls, ListenerKind::InternalTls] {
             let next = self.chains.get(&kind).map(|chains| {
-                let listener = listeners::https_listener(&self.config, kind, chains);
+                let listener = listeners::https_listener(&self.config, &self.options, kind, chains);
                 Resource::new(TypeUrl::Listener, &listener.name, &listener, Vec::new())
             });
             let previous = match &next {
