@@ -355,9 +355,368 @@ async fn server_header_and_idle_timeout(delta: bool) {
     );
 }
 
+/// Whether a TLS handshake with the external HTTPS listener succeeds for a client limited to
+/// `suite` and `version`, trusting only `certificate`.
+async fn handshake(
+    addr: SocketAddr,
+    certificate: &str,
+    suite: rustls::SupportedCipherSuite,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(certificate.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite];
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(HOST).unwrap();
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        connector
+            .connect(name, tcp)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+async fn tls_policy(delta: bool) {
+    use rustls::crypto::ring::cipher_suite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 as AES128,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 as AES256, TLS13_AES_128_GCM_SHA256,
+    };
+    let scene = scene(delta, &[]).await;
+    let stack = &scene.stack;
+    let (certificate, key) = support::tls::certificate(HOST);
+    scene.dir.write(
+        "secret.yaml",
+        &manifests::to_yaml(&manifests::tls_secret(NS, "opts-cert", &certificate, &key)),
+    );
+    scene.dir.write(
+        "ingress.yaml",
+        &Ingress::new(NS, "opts")
+            .rule(
+                Rule::external(&[HOST]).path(HttpPath::new().split(Split::new(
+                    NS,
+                    "backend",
+                    SERVICE_PORT,
+                ))),
+            )
+            .tls(&[HOST], NS, "opts-cert")
+            .to_yaml(),
+    );
+    let https = stack.sluice.https_addr();
+    let tls12 = &rustls::version::TLS12;
+    let tls13 = &rustls::version::TLS13;
+    let mut last = String::new();
+    let up = wait_for_async(CONVERGE, async || {
+        match handshake(https, &certificate, AES256, tls12).await {
+            Ok(()) => true,
+            Err(e) => {
+                last = e;
+                false
+            }
+        }
+    })
+    .await;
+    assert!(
+        up,
+        "Envoy's default suites take AES256 over TLS 1.2: {last}\n{}",
+        stack.logs()
+    );
+
+    set_options(
+        &scene.dir,
+        &[("cipher-suites", "ECDHE-ECDSA-AES128-GCM-SHA256")],
+    );
+    until_listener(stack, "external-https", "took the cipher suites", |l| {
+        l.contains("ECDHE-ECDSA-AES128-GCM-SHA256")
+    })
+    .await;
+    assert!(
+        handshake(https, &certificate, AES256, tls12).await.is_err(),
+        "a suite outside cipher-suites is refused"
+    );
+    handshake(https, &certificate, AES128, tls12)
+        .await
+        .expect("the listed suite is accepted");
+
+    set_options(&scene.dir, &[("tls-minimum-protocol-version", "1.3")]);
+    until_listener(
+        stack,
+        "external-https",
+        "took TLS 1.3 as its minimum",
+        |l| l.contains("TLSv1_3"),
+    )
+    .await;
+    assert!(
+        handshake(https, &certificate, AES128, tls12).await.is_err(),
+        "TLS 1.2 is refused once 1.3 is the minimum"
+    );
+    handshake(https, &certificate, TLS13_AES_128_GCM_SHA256, tls13)
+        .await
+        .expect("TLS 1.3 is accepted");
+}
+
+/// An in-test gRPC authorization service: it allows requests with `x-allow: yes` and
+/// counts every check, and every check of a Knative probe.
+#[derive(Default)]
+struct Authorizer {
+    checks: AtomicUsize,
+    probes: AtomicUsize,
+}
+
+#[tonic::async_trait]
+impl Authorization for Authorizer {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        let headers = request
+            .get_ref()
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|http| http.headers.clone())
+            .unwrap_or_default();
+        if headers.contains_key("k-network-probe") {
+            self.probes.fetch_add(1, Ordering::SeqCst);
+        }
+        let status = if headers.get("x-allow").map(String::as_str) == Some("yes") {
+            tonic::Status::ok("allowed")
+        } else {
+            tonic::Status::permission_denied("no x-allow: yes")
+        };
+        Ok(tonic::Response::new(CheckResponse::with_status(status)))
+    }
+}
+
+/// Serves `authorizer` on a fresh port until the returned sender is dropped.
+fn serve_authorizer(authorizer: Arc<Authorizer>) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AuthorizationServer::from_arc(authorizer))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    (port, stop)
+}
+
+const PROBE: [(&str, &str); 2] = [("K-Network-Probe", "probe"), ("K-Network-Hash", "override")];
+
+async fn ext_authz_grpc(delta: bool) {
+    let authorizer = Arc::new(Authorizer::default());
+    let (port, stop) = serve_authorizer(authorizer.clone());
+    let host = format!("127.0.0.1:{port}");
+    let scene = scene(delta, &[]).await;
+    let stack = &scene.stack;
+    set_options(&scene.dir, &[("extauthz-host", &host)]);
+    until_listener(stack, "external-http", "took the ext_authz filter", |l| {
+        l.contains("envoy.filters.http.ext_authz")
+    })
+    .await;
+    let denied = stack
+        .get_until(stack.http_addr(), HOST, "/", CONVERGE, |r| r.status == 403)
+        .await;
+    assert_eq!(denied.status, 403);
+    let allowed = get(stack, "/", &[("x-allow", "yes")]).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(allowed.backend(), Some("backend"));
+    let checks = authorizer.checks.load(Ordering::SeqCst);
+    assert!(checks >= 2, "{checks} checks");
+
+    // Knative's probes never reach the service.
+    let probe = get(stack, "/", &PROBE).await;
+    assert_eq!(
+        probe.status, 200,
+        "a probe is not authorized: {}",
+        probe.body
+    );
+    assert_eq!(authorizer.probes.load(Ordering::SeqCst), 0);
+    assert_eq!(authorizer.checks.load(Ordering::SeqCst), checks);
+
+    // An outage: denied, unless failure mode allows.
+    drop(stop);
+    let down = stack
+        .get_until(stack.http_addr(), HOST, "/", CONVERGE, |r| r.status != 200)
+        .await;
+    assert_eq!(
+        get(stack, "/", &[("x-allow", "yes")]).await.status,
+        403,
+        "the service is down: {}",
+        down.body
+    );
+    set_options(
+        &scene.dir,
+        &[
+            ("extauthz-host", &host),
+            ("extauthz-failure-mode-allow", "true"),
+        ],
+    );
+    until_listener(stack, "external-http", "allowed on failure", |l| {
+        l.contains("\"failure_mode_allow\":true")
+    })
+    .await;
+    assert_eq!(
+        get(stack, "/", &[]).await.status,
+        200,
+        "failure mode allows"
+    );
+
+    // Off: nothing is asked.
+    set_options(&scene.dir, &[]);
+    until_listener(
+        stack,
+        "external-http",
+        "dropped the ext_authz filter",
+        |l| !l.contains("ext_authz"),
+    )
+    .await;
+    assert_eq!(get(stack, "/", &[]).await.status, 200);
+}
+
+async fn ext_authz_http(delta: bool) {
+    // The authorization service is a backend: it answers a check for `.../status/403` with
+    // 403 and any other with 200, and counts them.
+    let authorizer = Backend::start("authorizer").await;
+    let host = format!("127.0.0.1:{}", authorizer.port());
+    let scene = scene(delta, &[]).await;
+    let stack = &scene.stack;
+    set_options(
+        &scene.dir,
+        &[
+            ("extauthz-host", &host),
+            ("extauthz-protocol", "http"),
+            ("extauthz-path-prefix", "/check"),
+        ],
+    );
+    until_listener(stack, "external-http", "took the ext_authz filter", |l| {
+        l.contains("envoy.filters.http.ext_authz")
+    })
+    .await;
+    let denied = stack
+        .get_until(stack.http_addr(), HOST, "/status/403", CONVERGE, |r| {
+            r.status == 403 && r.backend() == Some("authorizer")
+        })
+        .await;
+    assert_eq!(denied.status, 403);
+    let allowed = get(stack, "/headers", &[]).await;
+    assert_eq!(allowed.backend(), Some("backend"), "{}", allowed.body);
+    let checks = authorizer.requests();
+    let probe = get(stack, "/status/403", &PROBE).await;
+    assert_eq!(
+        probe.backend(),
+        Some("backend"),
+        "a probe is not authorized"
+    );
+    assert_eq!(authorizer.requests(), checks);
+
+    drop(authorizer);
+    let down = get(stack, "/headers", &[]).await;
+    assert_eq!(down.status, 403, "the service is down: {}", down.body);
+}
+
+async fn listen_addresses(delta: bool) {
+    let scene = scene(delta, &[]).await;
+    let stack = &scene.stack;
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, stack.http_addr().port()));
+    assert!(
+        client::get(v6, HOST, "/", &[]).await.is_err(),
+        "only 127.0.0.1 at first"
+    );
+    set_options(&scene.dir, &[("listen-ip-addresses", "127.0.0.1,::1")]);
+    let on_v6 = stack
+        .get_until(v6, HOST, "/", CONVERGE, |r| r.status == 200)
+        .await;
+    assert_eq!(on_v6.backend(), Some("backend"));
+    assert_eq!(get(stack, "/", &[]).await.status, 200, "127.0.0.1 still");
+}
+
+async fn bad_options_change_nothing(delta: bool) {
+    let scene = scene(delta, &[("disable-envoy-server-header", "true")]).await;
+    let stack = &scene.stack;
+    let before = envoy_listener(stack, "external-http").await;
+    set_options(
+        &scene.dir,
+        &[
+            ("disable-envoy-server-header", "false"),
+            ("enable-service-acess-logging", "false"),
+            ("stream-idle-timeout", "soon"),
+        ],
+    );
+    let admin = stack.sluice.admin_addr().to_string();
+    let mut last = None;
+    let reported = poll_until(CONVERGE, async || {
+        let check = run_cli(&["check", "--admin-addr", &admin]).await;
+        let line = check
+            .stdout
+            .lines()
+            .find(|l| l.contains("gateway options"))
+            .map(str::to_owned);
+        last = Some(check);
+        line.filter(|l| l.starts_with("FAIL"))
+    })
+    .await
+    .unwrap_or_else(|| panic!("check never failed on the options: {last:?}"));
+    for named in [
+        "enable-service-acess-logging",
+        "stream-idle-timeout",
+        "\"soon\"",
+    ] {
+        assert!(reported.contains(named), "{named} not in {reported}");
+        assert!(
+            stack.sluice.logs().contains(named),
+            "no log line names {named}"
+        );
+    }
+    assert_eq!(envoy_listener(stack, "external-http").await, before);
+    assert_eq!(get(stack, "/", &[]).await.header("server"), None);
+
+    set_options(&scene.dir, &[("enable-cryptomb", "true")]);
+    let noted = poll_until(CONVERGE, async || {
+        let check = run_cli(&["check", "--admin-addr", &admin]).await;
+        check
+            .stdout
+            .lines()
+            .find(|l| l.contains("gateway options") && l.starts_with("OK"))
+            .map(str::to_owned)
+    })
+    .await
+    .expect("check passes on good options");
+    assert!(noted.contains("enable-cryptomb"), "{noted}");
+}
+
 in_both_modes!(
     access_logs,
     client_address,
     proxy_protocol,
     server_header_and_idle_timeout,
+    tls_policy,
+    ext_authz_grpc,
+    ext_authz_http,
+    listen_addresses,
+    bad_options_change_nothing,
 );
