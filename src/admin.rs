@@ -186,7 +186,6 @@ impl api::admin_server::Admin for AdminState {
         _request: tonic::Request<api::GetServerRequest>,
     ) -> Result<tonic::Response<api::Server>, tonic::Status> {
         let engine = self.engine();
-        let (options, problems) = engine.options();
         let config = &self.server.listeners;
         let listeners = ListenerKind::ALL
             .into_iter()
@@ -226,8 +225,8 @@ impl api::admin_server::Admin for AdminState {
             xds_address: self.server.xds_addr.to_string(),
             envoy_admin_address: self.server.envoy_admin_addr.clone().unwrap_or_default(),
             listeners,
-            option_problems: problems.iter().map(ToString::to_string).collect(),
-            option_notes: options.notes(),
+            option_problems: engine.option_problems(),
+            option_notes: engine.options().notes(),
         }))
     }
 

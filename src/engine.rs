@@ -28,6 +28,8 @@ pub struct Engine {
     /// `config-sluice` in this namespace holds the gateway options.
     system_namespace: String,
     options: Options,
+    /// What was last logged of the secrets the options name.
+    secret_problems: Vec<String>,
 }
 
 /// What one batch cost.
@@ -56,6 +58,7 @@ impl Engine {
             balancers,
             system_namespace: "gloo-system".to_owned(),
             options: Options::default(),
+            secret_problems: Vec::new(),
         };
         (engine, feed)
     }
@@ -110,9 +113,19 @@ impl Engine {
         }
     }
 
-    /// The gateway options in force, and why the newest `config-sluice` is not (if it is not).
-    pub fn options(&self) -> (&GatewayOptions, &[OptionProblem]) {
-        (self.options.in_force(), self.options.problems())
+    /// The gateway options in force.
+    pub fn options(&self) -> &GatewayOptions {
+        self.options.in_force()
+    }
+
+    /// Why the newest `config-sluice` is not in force, or a secret it names cannot be used.
+    pub fn option_problems(&self) -> Vec<String> {
+        self.options
+            .problems()
+            .iter()
+            .map(OptionProblem::to_string)
+            .chain(self.translator.gateway_problems())
+            .collect()
     }
 
     /// Sets how Routes become Ingresses (domain, tag-header routing, class).
@@ -133,8 +146,17 @@ impl Engine {
             tracing::warn!("{warning}");
         }
         let changes = self.world.apply(staged.events);
-        let mut updates = self.translator.configure(self.options.in_force().clone());
+        let mut updates = self
+            .translator
+            .configure(&self.world, self.options.in_force().clone());
         updates.extend(self.translator.apply(&self.world, &changes));
+        let secret_problems = self.translator.gateway_problems();
+        if secret_problems != self.secret_problems {
+            for problem in &secret_problems {
+                tracing::warn!("{problem}");
+            }
+            self.secret_problems = secret_problems;
+        }
         let translation = started.elapsed();
         self.metrics
             .translation_seconds

@@ -709,7 +709,261 @@ async fn bad_options_change_nothing(delta: bool) {
     assert!(noted.contains("enable-cryptomb"), "{noted}");
 }
 
+/// A CA, and a server certificate it issues for `names`.
+struct Authority {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+impl Authority {
+    fn new() -> Authority {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let pem = params.self_signed(&key).unwrap().pem();
+        Authority { params, key, pem }
+    }
+
+    fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let certificate = params.signed_by(&key, &issuer).unwrap();
+        (certificate.pem(), key.serialize_pem())
+    }
+}
+
+/// An HTTPS backend (TLS 1.3, HTTP/1.1) that answers every request with `name`, on a fresh
+/// port, until the returned sender is dropped.
+fn tls_backend(
+    name: &'static str,
+    (certificate, key): (String, String),
+) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(certificate.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = &mut stopped => return,
+            };
+            let Ok((tcp, _)) = accepted else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_request| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(name)),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, stop)
+}
+
+const SECURE_HOST: &str = "secure.example.com";
+
+fn write_ca(dir: &ManifestDir, ca: &str) {
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "routing-serving-certs", "namespace": "knative-serving"},
+        "data": {"ca.crt": manifests::base64(ca.as_bytes())},
+    });
+    dir.write("ca.yaml", &manifests::to_yaml(&secret));
+}
+
+/// The version sluice serves of every resource of `type_` (`LDS`, `CDS`, ...).
+async fn served_versions(stack: &Stack, type_: &str) -> BTreeMap<String, String> {
+    let config: Value = stack
+        .sluice
+        .admin_get(&format!("/debug/config?type={type_}"))
+        .await
+        .json();
+    config["groups"]["All"][type_]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, r)| {
+            (
+                name.clone(),
+                r["version"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn upstream_tls(delta: bool) {
+    let first = Authority::new();
+    let second = Authority::new();
+    // Knative's queue-proxy certificate names the revision's namespace.
+    let (first_port, _first) = tls_backend("first", first.issue(&["kn-user-default"]));
+    let (second_port, _second) = tls_backend("second", second.issue(&["kn-user-default"]));
+    let scene = scene(delta, &[]).await;
+    let stack = &scene.stack;
+    let service = |port: u16| {
+        manifests::documents(&[
+            manifests::service("secure", NS, "https", 443, port),
+            manifests::endpoints("secure", NS, "https", &[port]),
+        ])
+    };
+    scene.dir.write("secure-svc.yaml", &service(first_port));
+    scene.dir.write(
+        "secure.yaml",
+        &manifests::ingress(NS, "secure", SECURE_HOST, "secure", 443),
+    );
+    write_ca(&scene.dir, &first.pem);
+    let plain = stack
+        .get_until(stack.http_addr(), SECURE_HOST, "/", CONVERGE, |r| {
+            r.status >= 500
+        })
+        .await;
+    assert_ne!(
+        plain.body, "first",
+        "without the option the backend is spoken to in plaintext"
+    );
+
+    set_options(
+        &scene.dir,
+        &[
+            ("certs-secret-name", "routing-serving-certs"),
+            ("certs-secret-namespace", "knative-serving"),
+        ],
+    );
+    let secure = stack
+        .get_until(stack.http_addr(), SECURE_HOST, "/", CONVERGE, |r| {
+            r.status == 200
+        })
+        .await;
+    assert_eq!(
+        secure.body, "first",
+        "TLS to the revision, verified against the CA"
+    );
+
+    // A backend whose certificate another CA issued is refused.
+    scene.dir.write("secure-svc.yaml", &service(second_port));
+    let refused = stack
+        .get_until(stack.http_addr(), SECURE_HOST, "/", CONVERGE, |r| {
+            r.status != 200
+        })
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let listeners = served_versions(stack, "LDS").await;
+    let clusters = served_versions(stack, "CDS").await;
+
+    // The CA rotates: only its SDS resource changes.
+    write_ca(&scene.dir, &second.pem);
+    let rotated = stack
+        .get_until(stack.http_addr(), SECURE_HOST, "/", CONVERGE, |r| {
+            r.status == 200
+        })
+        .await;
+    assert_eq!(rotated.body, "second");
+    assert_eq!(
+        served_versions(stack, "LDS").await,
+        listeners,
+        "no listener churn"
+    );
+    assert_eq!(
+        served_versions(stack, "CDS").await,
+        clusters,
+        "no cluster churn"
+    );
+}
+
+async fn cluster_certificate(delta: bool) {
+    let local_host = "opts.default.svc.cluster.local";
+    let scene = scene(delta, &[]).await;
+    let stack = &scene.stack;
+    scene.dir.write(
+        "local.yaml",
+        &Ingress::new(NS, "local")
+            .rule(
+                Rule::cluster_local(&[local_host]).path(HttpPath::new().split(Split::new(
+                    NS,
+                    "backend",
+                    SERVICE_PORT,
+                ))),
+            )
+            .to_yaml(),
+    );
+    let (certificate, key) = support::tls::certificate_for(&[local_host]);
+    let secret = manifests::tls_secret(SYSTEM_NAMESPACE, "local-cert", &certificate, &key);
+    scene
+        .dir
+        .write("local-cert.yaml", &manifests::to_yaml(&secret));
+    let internal_https = stack.sluice.internal_https_addr();
+    stack
+        .get_until(stack.internal_http_addr(), local_host, "/", CONVERGE, |r| {
+            r.status == 200
+        })
+        .await;
+    assert!(
+        support::tls::https_get(internal_https, local_host, &certificate)
+            .await
+            .is_err(),
+        "no internal HTTPS without a certificate"
+    );
+
+    set_options(&scene.dir, &[("cluster-cert-secret", "local-cert")]);
+    let mut last = String::new();
+    let served = poll_until(CONVERGE, async || {
+        match support::tls::https_get(internal_https, local_host, &certificate).await {
+            Ok(response) if response.status == 200 => Some(response),
+            Ok(response) => {
+                last = format!("{} {}", response.status, response.body);
+                None
+            }
+            Err(error) => {
+                last = error;
+                None
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no cluster-local HTTPS: {last}\n{}", stack.logs()));
+    assert_eq!(served.body, "backend");
+    // External hosts stay off the internal listener.
+    let external = support::tls::https_get(internal_https, HOST, &certificate).await;
+    assert!(
+        external.as_ref().is_err() || external.as_ref().is_ok_and(|r| r.status == 404),
+        "{:?}",
+        external.map(|r| r.status)
+    );
+}
+
 in_both_modes!(
+    upstream_tls,
+    cluster_certificate,
     access_logs,
     client_address,
     proxy_protocol,

@@ -255,12 +255,15 @@ fn tls_context(secret: &str, options: &GatewayOptions, kind: ListenerKind) -> Tr
     }
 }
 
-/// An HTTPS listener with one SNI filter chain per secret (by SDS name), serving its hosts.
+/// An HTTPS listener with one SNI filter chain per secret (by SDS name), serving its hosts,
+/// and, with `default_certificate`, a chain for every other server name that serves it and
+/// routes as the plain listener of the same visibility does.
 pub fn https_listener(
     config: &TranslateConfig,
     options: &GatewayOptions,
     kind: ListenerKind,
     chains: &BTreeMap<String, BTreeSet<String>>,
+    default_certificate: Option<&str>,
 ) -> Listener {
     let mut listener = bound_listener(config, options, kind);
     listener.listener_filters.push(ListenerFilter {
@@ -283,6 +286,19 @@ pub fn https_listener(
                 filters: vec![connection_manager_filter(kind, options)],
                 ..Default::default()
             })
+            .chain(default_certificate.map(|secret| {
+                let plain = if kind.is_external() {
+                    ListenerKind::External
+                } else {
+                    ListenerKind::Internal
+                };
+                FilterChain {
+                    name: secret.to_owned(),
+                    transport_socket: Some(tls_context(secret, options, kind)),
+                    filters: vec![connection_manager_filter(plain, options)],
+                    ..Default::default()
+                }
+            }))
             .collect(),
         ..listener
     }
