@@ -961,7 +961,182 @@ async fn cluster_certificate(delta: bool) {
     );
 }
 
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
+
+/// Spans an in-test OTLP collector received: (service name, every string attribute value).
+#[derive(Default)]
+struct Collector {
+    spans: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+}
+
+impl Collector {
+    fn record(&self, request: ExportTraceServiceRequest) {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+        let strings = |attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+            attributes
+                .iter()
+                .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Any::StringValue(value) => Some((kv.key.clone(), value.clone())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.resource_spans {
+            let resource = resource_spans
+                .resource
+                .map(|r| strings(&r.attributes))
+                .unwrap_or_default();
+            let service = resource
+                .iter()
+                .find(|(key, _)| key == "service.name")
+                .map(|(_, value)| value.clone())
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    let values = strings(&span.attributes).into_iter().map(|(_, v)| v);
+                    spans.push((service.clone(), values.collect()));
+                }
+            }
+        }
+    }
+
+    /// Whether a span of `service` mentions `text` in an attribute.
+    fn saw(&self, service: &str, text: &str) -> bool {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(s, values)| s == service && values.iter().any(|v| v.contains(text)))
+    }
+
+    fn mentions(&self, text: &str) -> bool {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, values)| values.iter().any(|v| v.contains(text)))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.record(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// The collector over OTLP/gRPC and over OTLP/HTTP (protobuf at any path), on two ports.
+fn serve_collector(collector: Arc<Collector>) -> (u16, u16) {
+    let bind = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (port, tokio::net::TcpListener::from_std(listener).unwrap())
+    };
+    let (grpc_port, grpc) = bind();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::from_arc(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
+    );
+    let (http_port, http) = bind();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = http.accept().await {
+            let collector = collector.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let collector = collector.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            use prost::Message;
+                            let body = request.into_body().collect().await?.to_bytes();
+                            if let Ok(spans) = ExportTraceServiceRequest::decode(body) {
+                                collector.record(spans);
+                            }
+                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::new(),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (grpc_port, http_port)
+}
+
+/// Sends requests for `path` until the collector has a span of `service` for it.
+async fn until_traced(stack: &Stack, collector: &Collector, service: &str, path: &str) {
+    let traced = wait_for_async(CONVERGE, async || {
+        let _ = client::get(stack.http_addr(), HOST, path, &[]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        collector.saw(service, path)
+    })
+    .await;
+    assert!(traced, "no span of {service} for {path}\n{}", stack.logs());
+}
+
+async fn tracing(delta: bool) {
+    let collector = Arc::new(Collector::default());
+    let (grpc_port, http_port) = serve_collector(collector.clone());
+    let scene = scene(delta, &[]).await;
+    let stack = &scene.stack;
+    let grpc_endpoint = format!("http://127.0.0.1:{grpc_port}");
+    set_options(
+        &scene.dir,
+        &[
+            ("tracing-endpoint", &grpc_endpoint),
+            ("tracing-service-name", "traced-grpc"),
+        ],
+    );
+    until_listener(stack, "external-http", "took the tracer", |l| {
+        l.contains("envoy.tracers.opentelemetry")
+    })
+    .await;
+    until_traced(stack, &collector, "traced-grpc", "/over-grpc").await;
+
+    set_options(&scene.dir, &[]);
+    until_listener(stack, "external-http", "dropped the tracer", |l| {
+        !l.contains("opentelemetry")
+    })
+    .await;
+    let untraced = format!("/{}", unique("untraced"));
+    assert_eq!(get(stack, &untraced, &[]).await.status, 200);
+
+    let http_endpoint = format!("http://127.0.0.1:{http_port}/v1/traces");
+    set_options(
+        &scene.dir,
+        &[
+            ("tracing-endpoint", &http_endpoint),
+            ("tracing-protocol", "http/protobuf"),
+            ("tracing-service-name", "traced-http"),
+        ],
+    );
+    until_listener(stack, "external-http", "took the HTTP exporter", |l| {
+        l.contains("/v1/traces")
+    })
+    .await;
+    until_traced(stack, &collector, "traced-http", "/over-http").await;
+    assert!(
+        !collector.mentions(&untraced),
+        "a request was traced while tracing was off"
+    );
+}
+
 in_both_modes!(
+    tracing,
     upstream_tls,
     cluster_certificate,
     access_logs,
