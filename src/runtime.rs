@@ -128,6 +128,7 @@ pub async fn serve(
                     namespaces: kubernetes.namespaces.clone(),
                     ingress_class: options.ingress_class.clone(),
                     serve_routes: kubernetes.serve_routes,
+                    system_namespace: options.system_namespace.clone(),
                 },
             )
             .await?;

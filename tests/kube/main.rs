@@ -16,6 +16,7 @@ mod cli;
 mod conformance;
 mod install;
 mod kit;
+mod options;
 mod replicas;
 mod restart;
 mod routes;
@@ -123,6 +124,7 @@ fn trials() -> Vec<Trial> {
         "routes::rollout_through_owning_service",
         routes::rollout_through_owning_service,
     ));
+    trials.extend(in_both("options::config_map", options::config_map));
     trials.extend(conformance::trials());
     trials.extend(cli::trials());
     trials
