@@ -1358,6 +1358,44 @@ spec:
     }
 
     #[test]
+    fn new_gateway_options_change_only_listeners_and_their_clusters() {
+        let world = start();
+        let mut translator = Translator::new(config());
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(translator.apply(&world, &Translator::everything(&world)));
+        let options = GatewayOptions {
+            trusted_hops: 2,
+            ext_authz: crate::options::parse(
+                &[("extauthz-host".to_owned(), "auth.example:9000".to_owned())].into(),
+                "gloo-system",
+            )
+            .unwrap()
+            .ext_authz,
+            ..GatewayOptions::default()
+        };
+        let updates = translator.configure(&world, options.clone());
+        let touched: Vec<_> = updates
+            .iter()
+            .map(|u| (u.type_url, u.name.as_str()))
+            .collect();
+        assert_eq!(
+            touched,
+            [
+                (TypeUrl::Cluster, EXT_AUTHZ_CLUSTER),
+                (TypeUrl::Listener, "external-http"),
+                (TypeUrl::Listener, "internal-http"),
+            ]
+        );
+        snapshot.apply(updates);
+        assert!(translator.configure(&world, options.clone()).is_empty());
+        let mut fresh = Translator::new(config());
+        fresh.configure(&world, options);
+        let mut from_scratch = Snapshot::default();
+        from_scratch.apply(fresh.apply(&world, &Translator::everything(&world)));
+        assert_eq!(contents(&snapshot), contents(&from_scratch));
+    }
+
+    #[test]
     fn the_oldest_ingress_wins_a_contested_host() {
         let mut world = start();
         world.apply([ingress(
