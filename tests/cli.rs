@@ -482,7 +482,7 @@ async fn commands_against_a_serving_control_plane(delta: bool) {
             .lines()
             .filter(|l| l.starts_with("OK"))
             .count(),
-        6,
+        7,
         "{passed:?}"
     );
 
