@@ -187,6 +187,12 @@ impl api::admin_server::Admin for AdminState {
     ) -> Result<tonic::Response<api::Server>, tonic::Status> {
         let engine = self.engine();
         let config = &self.server.listeners;
+        let address = engine
+            .options()
+            .listen_addresses
+            .as_ref()
+            .and_then(|addresses| addresses.first())
+            .map_or_else(|| config.listen_address.clone(), ToString::to_string);
         let listeners = ListenerKind::ALL
             .into_iter()
             .map(|kind| {
@@ -213,7 +219,7 @@ impl api::admin_server::Admin for AdminState {
                         ListenerKind::ExternalTls | ListenerKind::InternalTls => "https",
                     }
                     .to_owned(),
-                    address: config.listen_address.clone(),
+                    address: address.clone(),
                     port: u32::from(port),
                     served,
                 }

@@ -647,12 +647,18 @@ async fn listen_addresses(delta: bool) {
         client::get(v6, HOST, "/", &[]).await.is_err(),
         "only 127.0.0.1 at first"
     );
-    set_options(&scene.dir, &[("listen-ip-addresses", "127.0.0.1,::1")]);
+    set_options(&scene.dir, &[("listen-ip-addresses", "::1,127.0.0.1")]);
     let on_v6 = stack
         .get_until(v6, HOST, "/", CONVERGE, |r| r.status == 200)
         .await;
     assert_eq!(on_v6.backend(), Some("backend"));
     assert_eq!(get(stack, "/", &[]).await.status, 200, "127.0.0.1 still");
+    // The operator commands dial the first address.
+    let admin = stack.sluice.admin_addr().to_string();
+    let proxies = run_cli(&["get", "proxy", "--admin-addr", &admin, "-o", "json"])
+        .await
+        .json();
+    assert_eq!(proxies[0]["addresses"], json!(["[::1]"]), "{proxies}");
 }
 
 async fn bad_options_change_nothing(delta: bool) {
