@@ -187,6 +187,12 @@ impl api::admin_server::Admin for AdminState {
     ) -> Result<tonic::Response<api::Server>, tonic::Status> {
         let engine = self.engine();
         let config = &self.server.listeners;
+        let address = engine
+            .options()
+            .listen_addresses
+            .as_ref()
+            .and_then(|addresses| addresses.first())
+            .map_or_else(|| config.listen_address.clone(), ToString::to_string);
         let listeners = ListenerKind::ALL
             .into_iter()
             .map(|kind| {
@@ -213,7 +219,7 @@ impl api::admin_server::Admin for AdminState {
                         ListenerKind::ExternalTls | ListenerKind::InternalTls => "https",
                     }
                     .to_owned(),
-                    address: config.listen_address.clone(),
+                    address: address.clone(),
                     port: u32::from(port),
                     served,
                 }
@@ -225,6 +231,8 @@ impl api::admin_server::Admin for AdminState {
             xds_address: self.server.xds_addr.to_string(),
             envoy_admin_address: self.server.envoy_admin_addr.clone().unwrap_or_default(),
             listeners,
+            option_problems: engine.option_problems(),
+            option_notes: engine.options().notes(),
         }))
     }
 

@@ -9,13 +9,14 @@ use tokio::sync::watch;
 
 use crate::knative::{self, IngressKey, IngressKind};
 use crate::metrics::Metrics;
+use crate::options::{self, GatewayOptions, OptionProblem, Options};
 use crate::routes::status::{Context, RouteView};
 use crate::routes::{self, RouteConfig, Routes};
 use crate::status::replicas::ReportUpdate;
 use crate::status::{self, Dirty, Envoys, IngressView, LoadBalancers};
 use crate::translate::{TranslateConfig, Translator};
 use crate::world::IngressProblem;
-use crate::world::{Kept, NsName, SourceEvent, World};
+use crate::world::{Kept, NsName, Object, ObjectKey, SourceEvent, World};
 use crate::xds::{ClusterResources, Snapshot, SnapshotFeed, TypeUrl};
 
 pub struct Engine {
@@ -29,6 +30,11 @@ pub struct Engine {
     /// When someone writes status: the ingresses whose status batches may have changed since
     /// it was last taken.
     status_dirty: Option<Dirty>,
+    /// `config-sluice` in this namespace holds the gateway options.
+    system_namespace: String,
+    options: Options,
+    /// What was last logged of the secrets the options name.
+    secret_problems: Vec<String>,
 }
 
 /// What one batch cost.
@@ -56,16 +62,76 @@ impl Engine {
             metrics,
             balancers,
             status_dirty: None,
+            system_namespace: "gloo-system".to_owned(),
+            options: Options::default(),
+            secret_problems: Vec::new(),
         };
         (engine, feed)
+    }
+
+    /// Reads the gateway options from `config-sluice` in `namespace` (sluice's own).
+    pub fn set_system_namespace(&mut self, namespace: &str) {
+        self.system_namespace = namespace.to_owned();
     }
 
     /// Applies one batch from the source. `complete` says the source has delivered its whole
     /// initial state: only from then on is anything served.
     pub fn apply(&mut self, events: Vec<SourceEvent>, complete: bool) -> BatchReport {
         let started = Instant::now();
+        self.read_options(&events);
         let staged = self.routes.apply(events);
         self.apply_staged(staged, complete, started)
+    }
+
+    /// Takes the newest `config-sluice` of a batch, if it has one. Options with problems are
+    /// logged, key by key, and leave the last good ones in force.
+    fn read_options(&mut self, events: &[SourceEvent]) {
+        let key = NsName::new(self.system_namespace.clone(), options::CONFIG_MAP);
+        let mut newest = None;
+        for event in events {
+            match event {
+                SourceEvent::Upsert(Object::ConfigMap(map))
+                    if map.metadata.name.as_deref() == Some(options::CONFIG_MAP)
+                        && map.metadata.namespace.as_deref() == Some(key.namespace.as_str()) =>
+                {
+                    newest = Some(Some(map.data.clone().unwrap_or_default()));
+                }
+                SourceEvent::Delete(ObjectKey::ConfigMap(deleted)) if *deleted == key => {
+                    newest = Some(None);
+                }
+                _ => {}
+            }
+        }
+        let Some(data) = newest else {
+            return;
+        };
+        let changed = self.options.update(data.as_ref(), &self.system_namespace);
+        for problem in self.options.problems() {
+            tracing::warn!(
+                "{problem}; until it is fixed the gateway options in force stay as they were"
+            );
+        }
+        if changed {
+            for note in self.options.in_force().notes() {
+                tracing::warn!("ConfigMap {}: {note}", options::CONFIG_MAP);
+            }
+            tracing::info!(configmap = %key, "gateway options changed");
+        }
+    }
+
+    /// The gateway options in force.
+    pub fn options(&self) -> &GatewayOptions {
+        self.options.in_force()
+    }
+
+    /// Why the newest `config-sluice` is not in force, or a secret it names cannot be used.
+    pub fn option_problems(&self) -> Vec<String> {
+        self.options
+            .problems()
+            .iter()
+            .map(OptionProblem::to_string)
+            .chain(self.translator.gateway_problems())
+            .collect()
     }
 
     /// Sets how Routes become Ingresses (domain, tag-header routing, class).
@@ -86,7 +152,10 @@ impl Engine {
             tracing::warn!("{warning}");
         }
         let changes = self.world.apply(staged.events);
-        let updates = self.translator.apply(&self.world, &changes);
+        let mut updates = self
+            .translator
+            .configure(&self.world, self.options.in_force().clone());
+        updates.extend(self.translator.apply(&self.world, &changes));
         if let Some(dirty) = &mut self.status_dirty {
             dirty.extend(changes.ingresses.iter().cloned());
             for secret in &changes.secrets {
@@ -95,6 +164,13 @@ impl Engine {
             for update in &updates {
                 dirty.extend(self.translator.claimants(update.type_url, &update.name));
             }
+        }
+        let secret_problems = self.translator.gateway_problems();
+        if secret_problems != self.secret_problems {
+            for problem in &secret_problems {
+                tracing::warn!("{problem}");
+            }
+            self.secret_problems = secret_problems;
         }
         let translation = started.elapsed();
         self.metrics

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod install;
 pub mod knative;
 pub mod metrics;
+pub mod options;
 pub mod routes;
 pub mod runtime;
 pub mod source;

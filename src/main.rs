@@ -82,8 +82,8 @@ struct ServeArgs {
     /// Kubernetes mode: watch only this namespace (repeatable); all namespaces by default.
     #[arg(long = "namespace", value_name = "NS")]
     namespaces: Vec<String>,
-    /// sluice's own namespace, where its proxies' Services, its Lease and its replicas'
-    /// reports live.
+    /// sluice's own namespace: its `config-sluice` ConfigMap (the gateway options, also read
+    /// from --dir), and in Kubernetes mode its proxies' Services, Lease and replicas' reports.
     #[arg(long, env = "POD_NAMESPACE", default_value = "gloo-system")]
     system_namespace: String,
     /// The external proxy's Service, published as each ingress's public load balancer.
@@ -168,6 +168,7 @@ impl ServeArgs {
             xds_addr: self.xds_addr,
             admin_addr: self.admin_addr,
             ingress_class: self.ingress_class.clone(),
+            system_namespace: self.system_namespace.clone(),
             translate: TranslateConfig {
                 listen_address: self.listen_address.clone(),
                 http_port: self.http_port,

@@ -60,6 +60,8 @@ pub struct ServeOptions {
     pub xds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub ingress_class: String,
+    /// sluice's own namespace: its `config-sluice` ConfigMap holds the gateway options.
+    pub system_namespace: String,
     pub translate: TranslateConfig,
     pub balancers: LoadBalancers,
     /// How Routes become Ingresses.
@@ -107,6 +109,7 @@ pub async fn serve(
         options.balancers.clone(),
         metrics.clone(),
     );
+    engine.set_system_namespace(&options.system_namespace);
     engine.configure_routes(options.routes.clone());
     let engine = Arc::new(Mutex::new(engine));
     let registry = Arc::new(ProxyRegistry::new(options.replica.clone()));
@@ -127,6 +130,7 @@ pub async fn serve(
                     namespaces: kubernetes.namespaces.clone(),
                     ingress_class: options.ingress_class.clone(),
                     serve_routes: kubernetes.serve_routes,
+                    system_namespace: options.system_namespace.clone(),
                 },
             )
             .await?;

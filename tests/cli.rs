@@ -435,7 +435,7 @@ async fn commands_against_a_serving_control_plane(delta: bool) {
     ])
     .await;
     let lines: Vec<&str> = check.stdout.lines().collect();
-    assert_eq!(lines.len(), 6, "one line per check: {check:?}");
+    assert_eq!(lines.len(), 7, "one line per check: {check:?}");
     let failing: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FAIL")).collect();
     assert_eq!(failing.len(), 1, "{check:?}");
     assert!(
@@ -444,7 +444,7 @@ async fn commands_against_a_serving_control_plane(delta: bool) {
             && failing[0].contains("InvalidIngress"),
         "{check:?}"
     );
-    assert!(check.stderr.contains("1 of 6 checks failed"), "{check:?}");
+    assert!(check.stderr.contains("1 of 7 checks failed"), "{check:?}");
     let report = fails(&[
         "check",
         "--admin-addr",
@@ -482,7 +482,7 @@ async fn commands_against_a_serving_control_plane(delta: bool) {
             .lines()
             .filter(|l| l.starts_with("OK"))
             .count(),
-        6,
+        7,
         "{passed:?}"
     );
 

@@ -172,10 +172,19 @@ pub async fn health(dialer: &Dialer, at: String) -> Health {
         )),
         Err(error) => Err(format!("{error:#}")),
     };
+    let options = match AdminApi::connect(dialer.clone(), "is it running?").await {
+        Ok(api) => match api.server().await {
+            Ok(server) if server.option_problems.is_empty() => Ok(server.option_notes),
+            Ok(server) => Err(server.option_problems.join("; ")),
+            Err(error) => Err(format!("{error:#}")),
+        },
+        Err(error) => Err(format!("{error:#}")),
+    };
     Health {
         at,
         healthy: probe("/healthz").await,
         ready: probe("/readyz").await,
+        options,
     }
 }
 

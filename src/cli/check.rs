@@ -14,7 +14,8 @@ use super::{Backend, Dialer, Envoy, Health, SYSTEM_NAMESPACE, Target, proxy};
 /// Deployments have their replicas available; some Envoy is connected; every connected Envoy
 /// has every xDS type SYNCED (no update pending, no NACK); Envoy's `update_rejected` counters
 /// are zero; every ingress this control plane owns is Ready (each one that is not is named,
-/// with its reason).
+/// with its reason); the newest `config-sluice` ConfigMap is in force (each problem is named,
+/// by key).
 ///
 /// Locally the counters come from the Envoy that `sluice up` started, or the one at
 /// --envoy-admin-addr; with neither, that check is skipped. In a cluster, health and Envoys
@@ -122,7 +123,8 @@ fn verdict(problems: Vec<String>, ok: String) -> Result<String, String> {
 }
 
 async fn run_checks(backend: &Backend, args: &CheckArgs) -> Vec<Check> {
-    let mut checks = match backend.health().await {
+    let health = backend.health().await;
+    let mut checks = match &health {
         Err(error) => {
             let error = format!("{error:#}");
             vec![
@@ -130,7 +132,7 @@ async fn run_checks(backend: &Backend, args: &CheckArgs) -> Vec<Check> {
                 check("control plane ready", Err(error)),
             ]
         }
-        Ok(health) => health_checks(&health),
+        Ok(health) => health_checks(health),
     };
     if let Some(deployments) = backend.proxy_deployments().await {
         checks.push(check("proxy Deployments available", deployments));
@@ -170,6 +172,10 @@ async fn run_checks(backend: &Backend, args: &CheckArgs) -> Vec<Check> {
             }
         },
     ));
+    checks.push(match &health {
+        Err(error) => check("gateway options", Err(format!("{error:#}"))),
+        Ok(health) => options_check(health),
+    });
     checks
 }
 
@@ -202,6 +208,29 @@ fn health_checks(health: &[Health]) -> Vec<Check> {
         check("control plane healthy", verdict(unhealthy, answering)),
         check("control plane ready", verdict(unready, ready)),
     ]
+}
+
+/// Whether every replica has its newest `config-sluice` in force, with any notes on it.
+fn options_check(health: &[Health]) -> Check {
+    let mut bad_options = Vec::new();
+    let mut notes = Vec::new();
+    for one in health {
+        match &one.options {
+            Ok(found) => notes.extend(found.iter().map(|note| format!("{}: {note}", one.at))),
+            Err(problems) => bad_options.push(format!("{}: {problems}", one.at)),
+        }
+    }
+    let options = if notes.is_empty() {
+        "ConfigMap config-sluice is in force (or absent: the defaults)".to_owned()
+    } else {
+        format!("in force; note: {}", notes.join("; "))
+    };
+    check(
+        "gateway options",
+        verdict(bad_options, options).map_err(|problems| {
+            format!("{problems}; the last good options stay in force until it is fixed")
+        }),
+    )
 }
 
 fn envoy_checks(envoys: &[Envoy]) -> [Check; 2] {

@@ -139,4 +139,6 @@ pub struct Health {
     pub at: String,
     pub healthy: Result<(), String>,
     pub ready: Result<(), String>,
+    /// The gateway options: notes on those in force, or why the newest are not in force.
+    pub options: Result<Vec<String>, String>,
 }

@@ -23,7 +23,9 @@
 //!
 //! A Secret's data is kept only while an owned ingress names it in `spec.tls`: a cluster's other
 //! secrets cost nothing but the watch. When an ingress starts naming a secret whose data was
-//! dropped, the secret is read once with a GET; from then on the watch keeps it current.
+//! dropped, the secret is read once with a GET; from then on the watch keeps it current. The
+//! gateway options (`config-sluice` in the system namespace, watched by name) name secrets
+//! too, and keep theirs the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,9 +42,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::knative::{
-    self, API_GROUP, ClusterIngressResource, ConfigurationResource, IngressKey, IngressKind,
-    IngressResource, RouteResource, SERVING_GROUP, SERVING_VERSION,
+    self, API_GROUP, ClusterIngressResource, ConfigurationResource, IngressKind, IngressResource,
+    RouteResource, SERVING_GROUP, SERVING_VERSION,
 };
+use crate::options;
 use crate::routes::KNATIVE_NAMESPACE;
 use crate::source::{Batch, Batches};
 use crate::world::{NsName, Object, ObjectKey, SourceEvent};
@@ -64,6 +67,8 @@ pub struct KubeSourceOptions {
     pub ingress_class: String,
     /// Also watch Knative Serving's Routes and Configurations (`--serve-routes`).
     pub serve_routes: bool,
+    /// sluice's own namespace, where its `config-sluice` ConfigMap is.
+    pub system_namespace: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,11 +140,28 @@ pub async fn watch(client: Client, options: KubeSourceOptions) -> Result<Batches
         slim(&mut o.metadata);
         Object::Secret(Box::new(o))
     });
+    // The gateway options: one ConfigMap, watched by name.
+    streams.add_with(
+        vec![(
+            Some(options.system_namespace.clone()),
+            Api::namespaced(client.clone(), &options.system_namespace),
+        )],
+        watcher::Config::default().fields(&format!("metadata.name={}", options::CONFIG_MAP)),
+        |mut o: ConfigMap| {
+            slim(&mut o.metadata);
+            Object::ConfigMap(Box::new(o))
+        },
+    );
     if options.serve_routes {
         watch_routes(&client, &options.namespaces, &mut streams).await?;
     }
     let (batches, receiver) = mpsc::channel(BATCH_QUEUE);
-    let follower = Follower::new(client, options.ingress_class, streams.books);
+    let follower = Follower::new(
+        client,
+        options.ingress_class,
+        options.system_namespace,
+        streams.books,
+    );
     tokio::spawn(follower.run(streams.merged, batches));
     Ok(receiver)
 }
@@ -222,6 +244,19 @@ impl Streams {
         K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
         K::DynamicType: Default,
     {
+        self.add_with(apis, watcher::Config::default(), convert);
+    }
+
+    /// Like [`Streams::add`], with the watches limited by `config` (e.g. a field selector).
+    fn add_with<K>(
+        &mut self,
+        apis: Vec<(Option<String>, Api<K>)>,
+        config: watcher::Config,
+        convert: fn(K) -> Object,
+    ) where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+        K::DynamicType: Default,
+    {
         for (namespace, api) in apis {
             let index = self.books.len();
             self.books.push(Book {
@@ -229,7 +264,7 @@ impl Streams {
                 namespace,
                 ..Book::default()
             });
-            let stream = watcher::watcher(api, watcher::Config::default())
+            let stream = watcher::watcher(api, config.clone())
                 .default_backoff()
                 .map(move |event| (index, event.map(|event| convert_event(event, convert))));
             self.merged.push(stream.boxed());
@@ -328,6 +363,7 @@ struct Book {
 struct Follower {
     client: Client,
     ingress_class: String,
+    system_namespace: String,
     books: Vec<Book>,
     secrets: SecretUse,
     pending: Vec<SourceEvent>,
@@ -336,10 +372,16 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(client: Client, ingress_class: String, books: Vec<Book>) -> Follower {
+    fn new(
+        client: Client,
+        ingress_class: String,
+        system_namespace: String,
+        books: Vec<Book>,
+    ) -> Follower {
         Follower {
             client,
             ingress_class,
+            system_namespace,
             books,
             secrets: SecretUse::default(),
             pending: Vec::new(),
@@ -453,11 +495,15 @@ impl Follower {
         self.books[index].listing.as_mut()
     }
 
-    /// The first batch: every watch's list, ingresses first so that the secrets they name are
-    /// known when the secrets are sorted. Nothing needs fetching: every secret is in the list.
+    /// The first batch: every watch's list, ingresses and ConfigMaps first so that the secrets
+    /// they name are known when the secrets are sorted. Nothing needs fetching: every secret is
+    /// in the list.
     fn start(&mut self) {
         let mut order: Vec<usize> = (0..self.books.len()).collect();
-        order.sort_by_key(|&index| !self.books[index].kind.ends_with("Ingress"));
+        order.sort_by_key(|&index| {
+            let kind = &self.books[index].kind;
+            !(kind.ends_with("Ingress") || kind == "ConfigMap")
+        });
         for index in order {
             self.finish_listing(index);
         }
@@ -493,11 +539,26 @@ impl Follower {
                 return self.delete(index, key);
             }
             Object::Ingress(_, ingress) => {
-                let ObjectKey::Ingress(ingress_key) = &key else {
-                    unreachable!("an ingress has an ingress key")
-                };
                 let named = self.secrets_named(ingress);
-                let (added, released) = self.secrets.update(ingress_key, named);
+                let (added, released) = self.secrets.update(&key, named);
+                fetch = added;
+                self.release(released);
+            }
+            Object::ConfigMap(map) if self.is_options(&key) => {
+                let named = match options::parse(
+                    map.data.as_ref().unwrap_or(&BTreeMap::new()),
+                    &self.system_namespace,
+                ) {
+                    Ok(options) => Named::Secrets(
+                        options
+                            .upstream_ca
+                            .into_iter()
+                            .chain(options.cluster_cert)
+                            .collect(),
+                    ),
+                    Err(_) => Named::Invalid,
+                };
+                let (added, released) = self.secrets.update(&key, named);
                 fetch = added;
                 self.release(released);
             }
@@ -509,8 +570,8 @@ impl Follower {
     }
 
     fn delete(&mut self, index: usize, key: ObjectKey) -> Vec<NsName> {
-        if let ObjectKey::Ingress(ingress_key) = &key {
-            let (_, released) = self.secrets.update(ingress_key, Named::NotServed);
+        if matches!(key, ObjectKey::Ingress(_)) || self.is_options(&key) {
+            let (_, released) = self.secrets.update(&key, Named::NotServed);
             self.release(released);
         }
         if self.books[index].delivered.remove(&key) {
@@ -529,6 +590,12 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// Whether `key` is the gateway options' ConfigMap.
+    fn is_options(&self, key: &ObjectKey) -> bool {
+        matches!(key, ObjectKey::ConfigMap(name)
+            if name.namespace == self.system_namespace && name.name == options::CONFIG_MAP)
     }
 
     /// The secrets an ingress names, as far as sluice serves it.
@@ -598,10 +665,10 @@ enum Named {
     Secrets(BTreeSet<NsName>),
 }
 
-/// Which secrets the owned ingresses name.
+/// Which secrets the owned ingresses (and the gateway options) name.
 #[derive(Debug, Default)]
 struct SecretUse {
-    by_ingress: BTreeMap<IngressKey, BTreeSet<NsName>>,
+    by_user: BTreeMap<ObjectKey, BTreeSet<NsName>>,
     users: BTreeMap<NsName, usize>,
 }
 
@@ -610,16 +677,16 @@ impl SecretUse {
         self.users.contains_key(secret)
     }
 
-    /// Records what an ingress names now; returns the secrets that became needed and those no
-    /// longer needed.
-    fn update(&mut self, ingress: &IngressKey, named: Named) -> (Vec<NsName>, Vec<NsName>) {
+    /// Records what an ingress (or the options) names now; returns the secrets that became
+    /// needed and those no longer needed.
+    fn update(&mut self, user: &ObjectKey, named: Named) -> (Vec<NsName>, Vec<NsName>) {
         let after = match named {
             // The world keeps serving the last valid version, and with it its secrets.
             Named::Invalid => return (Vec::new(), Vec::new()),
             Named::NotServed => BTreeSet::new(),
             Named::Secrets(secrets) => secrets,
         };
-        let before = self.by_ingress.remove(ingress).unwrap_or_default();
+        let before = self.by_user.remove(user).unwrap_or_default();
         let mut added = Vec::new();
         let mut released = Vec::new();
         for secret in after.difference(&before) {
@@ -639,7 +706,7 @@ impl SecretUse {
             }
         }
         if !after.is_empty() {
-            self.by_ingress.insert(ingress.clone(), after);
+            self.by_user.insert(user.clone(), after);
         }
         (added, released)
     }
@@ -662,6 +729,7 @@ mod tests {
         Follower::new(
             client,
             "sluice".to_owned(),
+            "gloo-system".to_owned(),
             kinds.iter().map(|kind| book(kind)).collect(),
         )
     }

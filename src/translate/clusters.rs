@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
     cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, EdsClusterConfig},
 };
-use envoy_types::pb::envoy::config::core::v3::Address;
+use envoy_types::pb::envoy::config::core::v3::{Address, TransportSocket, transport_socket};
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, Http2ProtocolOptions, SocketAddress,
     address::Address as AddressKind, config_source::ConfigSourceSpecifier,
@@ -16,12 +16,20 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CertificateValidationContext;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext,
+    common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    subject_alt_name_matcher::SanType,
+    tls_parameters::TlsProtocol,
+};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
     http_protocol_options::{
         ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
     },
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use k8s_openapi::api::core::v1::{Service, ServicePort as K8sServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -44,6 +52,75 @@ fn service_port<'a>(service: &'a Service, port: &ServicePort) -> Option<&'a K8sS
         ServicePort::Number(number) => candidate.port == *number,
         ServicePort::Name(name) => candidate.name.as_deref() == Some(name.as_str()),
     })
+}
+
+/// Knative's revisions serve system-internal TLS on the port it names `https` (443).
+const HTTPS_PORT_NAME: &str = "https";
+const HTTPS_PORT: i32 = 443;
+
+/// Whether a backend port speaks TLS: its Service port is Knative's HTTPS port, by name or
+/// number (or, with no such Service yet, the ingress names it so).
+fn speaks_tls(key: &ClusterKey, port: Option<&K8sServicePort>) -> bool {
+    match port {
+        Some(port) => {
+            port.name.as_deref() == Some(HTTPS_PORT_NAME)
+                || port.port == HTTPS_PORT
+                || matches!(
+                    port.app_protocol.as_deref(),
+                    Some("https" | "kubernetes.io/https")
+                )
+        }
+        None => match key.port() {
+            ServicePort::Number(number) => *number == HTTPS_PORT,
+            ServicePort::Name(name) => name == HTTPS_PORT_NAME,
+        },
+    }
+}
+
+/// TLS to a revision, verified against Knative's CA (by SDS, so a rotation changes no
+/// cluster) and the names Knative's certificates carry: `kn-routing` (the activator) and
+/// `kn-user-<namespace>` (the queue-proxy of a revision in that namespace).
+fn upstream_tls(ca_secret: &str, namespace: &str) -> TransportSocket {
+    let dns = |name: String| SubjectAltNameMatcher {
+        san_type: SanType::Dns as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(name)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            // Knative's own data plane speaks TLS 1.3 only.
+            tls_params: Some(TlsParameters {
+                tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,
+                tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+                ..Default::default()
+            }),
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: vec![
+                            dns("kn-routing".to_owned()),
+                            dns(format!("kn-user-{}", namespace.to_ascii_lowercase())),
+                        ],
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(SdsSecretConfig {
+                        name: ca_secret.to_owned(),
+                        sds_config: Some(ads()),
+                    }),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
+    }
 }
 
 fn speaks_h2c(port: &K8sServicePort) -> bool {
@@ -89,7 +166,7 @@ fn load_assignment(name: &str, addresses: &BTreeSet<(String, u32)>) -> ClusterLo
     }
 }
 
-fn h2c_options() -> Any {
+pub(crate) fn h2_options() -> Any {
     pack(&HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
@@ -109,8 +186,10 @@ pub struct Backend {
 }
 
 /// Builds the cluster for `key`. A missing Service or port gives a cluster without endpoints:
-/// requests get 503 until the Service appears, and nothing else is affected.
-pub fn backend(key: &ClusterKey, world: &World) -> Backend {
+/// requests get 503 until the Service appears, and nothing else is affected. With
+/// `upstream_ca` (the SDS name of Knative's CA), a backend on Knative's HTTPS port is spoken
+/// to over TLS.
+pub fn backend(key: &ClusterKey, world: &World, upstream_ca: Option<&str>) -> Backend {
     let name = key.name();
     let service = world.services.get(key.service());
     let port = service.and_then(|service| service_port(service, key.port()));
@@ -119,10 +198,15 @@ pub fn backend(key: &ClusterKey, world: &World) -> Backend {
         connect_timeout: Some(CONNECT_TIMEOUT),
         ..Default::default()
     };
+    if let Some(ca) = upstream_ca
+        && speaks_tls(key, port)
+    {
+        cluster.transport_socket = Some(upstream_tls(ca, &key.service().namespace));
+    }
     if port.is_some_and(speaks_h2c) {
         cluster.typed_extension_protocol_options.insert(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
-            h2c_options(),
+            h2_options(),
         );
     }
     let spec = service.and_then(|service| service.spec.as_ref());
@@ -304,13 +388,13 @@ endpoints:
   conditions: {{ready: false}}
 "#
         ));
-        let backend = backend(&key(ServicePort::Number(80)), &world);
+        let backend = backend(&key(ServicePort::Number(80)), &world, None);
         assert_eq!(
             addresses(&backend.endpoints.unwrap()),
             ["10.0.0.1:8080", "10.0.0.2:8080"]
         );
         assert!(backend.cluster.typed_extension_protocol_options.is_empty());
-        let h2c = super::backend(&key(ServicePort::Name("h2c".into())), &world);
+        let h2c = super::backend(&key(ServicePort::Name("h2c".into())), &world, None);
         assert!(!h2c.cluster.typed_extension_protocol_options.is_empty());
         assert_eq!(
             addresses(&h2c.endpoints.unwrap()),
@@ -332,7 +416,7 @@ subsets:
   ports: [{{name: http, port: 8080}}]
 "#
         ));
-        let backend = backend(&key(ServicePort::Name("http".into())), &world);
+        let backend = backend(&key(ServicePort::Name("http".into())), &world, None);
         assert_eq!(addresses(&backend.endpoints.unwrap()), ["127.0.0.1:8080"]);
     }
 
@@ -349,13 +433,13 @@ spec:
   ports: [{name: http, port: 80}]
 "#,
         );
-        let backend = backend(&key(ServicePort::Number(80)), &world);
+        let backend = backend(&key(ServicePort::Number(80)), &world, None);
         assert!(backend.endpoints.is_none());
         assert_eq!(
             addresses(backend.cluster.load_assignment.as_ref().unwrap()),
             ["example.org:80"]
         );
-        let missing = super::backend(&key(ServicePort::Number(8080)), &world);
+        let missing = super::backend(&key(ServicePort::Number(8080)), &world, None);
         assert!(addresses(&missing.endpoints.unwrap()).is_empty());
     }
 }

@@ -8,6 +8,7 @@
 //! (SRDS), so one changed ingress never re-sends the route table of the others.
 
 mod clusters;
+mod gateway;
 mod listeners;
 mod routes;
 mod tls;
@@ -21,9 +22,11 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::knative::IngressKey;
+use crate::options::GatewayOptions;
 use crate::world::{ChangeSet, NsName, World};
 use crate::xds::{ClusterResources, Group, Resource, ResourceUpdate, TypeUrl};
 
+pub use gateway::{EXT_AUTHZ_CLUSTER, TRACING_CLUSTER};
 pub use routes::{ClusterKey, LISTENER_HEADER, ListenerKind};
 pub use tls::SecretProblem;
 
@@ -112,7 +115,17 @@ struct BackendResources {
 
 pub struct Translator {
     config: TranslateConfig,
+    options: GatewayOptions,
     listeners_emitted: bool,
+    http_listeners: BTreeMap<ListenerKind, Arc<Resource>>,
+    /// The clusters of the services the options name (authorization, tracing).
+    gateway_clusters: BTreeMap<&'static str, Arc<Resource>>,
+    /// The secrets the options name, at their last valid version: Knative's CA (upstream
+    /// TLS) and the internal listener's certificate.
+    upstream_ca: Option<(NsName, Arc<Resource>)>,
+    cluster_cert: Option<(NsName, Arc<Resource>)>,
+    /// Why a secret the options name cannot be used (now), by option.
+    gateway_problems: BTreeMap<&'static str, SecretProblem>,
     /// Every secret a host names: its check, and its SDS resource when it passes.
     secrets: BTreeMap<NsName, Result<Arc<Resource>, SecretProblem>>,
     secret_hosts: BTreeMap<NsName, BTreeSet<String>>,
@@ -131,7 +144,13 @@ impl Translator {
     pub fn new(config: TranslateConfig) -> Self {
         Translator {
             config,
+            options: GatewayOptions::default(),
             listeners_emitted: false,
+            http_listeners: BTreeMap::new(),
+            gateway_clusters: BTreeMap::new(),
+            upstream_ca: None,
+            cluster_cert: None,
+            gateway_problems: BTreeMap::new(),
             secrets: BTreeMap::new(),
             secret_hosts: BTreeMap::new(),
             chains: BTreeMap::new(),
@@ -159,8 +178,18 @@ impl Translator {
     /// resources that were added, changed or removed.
     pub fn apply(&mut self, world: &World, changes: &ChangeSet) -> Vec<ResourceUpdate> {
         let mut out = Vec::new();
+        let mut rebuild_all_backends = false;
         if !self.listeners_emitted {
-            self.emit_listeners(&mut out);
+            self.refresh_gateway_secrets(world, None, &mut out);
+            self.emit_gateway(&mut out);
+            self.listeners_emitted = true;
+        } else {
+            let (ca_changed, cert_changed) =
+                self.refresh_gateway_secrets(world, Some(&changes.secrets), &mut out);
+            if cert_changed {
+                self.rebuild_https_listeners(&mut out);
+            }
+            rebuild_all_backends = ca_changed;
         }
         let planned = par_map(changes.ingresses.iter().collect(), |key| {
             let plan = world
@@ -216,32 +245,166 @@ impl Translator {
                 touched_clusters.extend(keys.iter().cloned());
             }
         }
-        let built = par_map(touched_clusters, |key| {
+        if rebuild_all_backends {
+            touched_clusters.extend(self.cluster_refs.keys().cloned());
+        }
+        self.rebuild_backends(touched_clusters, world, &mut out);
+        out
+    }
+
+    fn rebuild_backends(
+        &mut self,
+        keys: BTreeSet<ClusterKey>,
+        world: &World,
+        out: &mut Vec<ResourceUpdate>,
+    ) {
+        let built = par_map(keys, |key| {
             let next = self.build_backend(&key, world);
             (key, next)
         });
         for (key, next) in built {
-            self.commit_backend(key, next, &mut out);
+            self.commit_backend(key, next, out);
+        }
+    }
+
+    /// The SDS name of Knative's CA while upstream TLS is on and the CA was ever valid.
+    fn upstream_ca_name(&self) -> Option<&str> {
+        self.upstream_ca
+            .as_ref()
+            .map(|(_, resource)| resource.name.as_str())
+    }
+
+    /// Reads the secrets the options name, all of them (`changed: None`) or those among
+    /// `changed`, and sends each valid version by SDS; an invalid one keeps its last valid
+    /// version served and is reported. Says whether Knative's CA, and whether the internal
+    /// listener's certificate, appeared or went: what the clusters and listeners must follow.
+    fn refresh_gateway_secrets(
+        &mut self,
+        world: &World,
+        changed: Option<&BTreeSet<NsName>>,
+        out: &mut Vec<ResourceUpdate>,
+    ) -> (bool, bool) {
+        let wanted_ca = self.options.upstream_ca.clone();
+        let wanted_cert = self.options.cluster_cert.clone();
+        let mut problems = std::mem::take(&mut self.gateway_problems);
+        let ca_changed = refresh_secret(
+            &mut self.upstream_ca,
+            wanted_ca,
+            changed,
+            |name| {
+                let sds = format!("knative-ca:{name}");
+                tls::validate_ca(
+                    &name.to_string(),
+                    world.secrets.get(name).map(|s| s.as_ref()),
+                )
+                .map(|ca| {
+                    let secret = tls::envoy_validation_secret(&sds, &ca);
+                    Resource::new(TypeUrl::Secret, &sds, &secret, Vec::new())
+                })
+            },
+            ("certs-secret-name", &mut problems),
+            out,
+        );
+        let cert_changed = refresh_secret(
+            &mut self.cluster_cert,
+            wanted_cert,
+            changed,
+            |name| {
+                let sds = format!("cluster-cert:{name}");
+                tls::validate(
+                    &name.to_string(),
+                    world.secrets.get(name).map(|s| s.as_ref()),
+                )
+                .map(|pair| {
+                    let secret = tls::envoy_secret(&sds, &pair);
+                    Resource::new(TypeUrl::Secret, &sds, &secret, Vec::new())
+                })
+            },
+            ("cluster-cert-secret", &mut problems),
+            out,
+        );
+        self.gateway_problems = problems;
+        (ca_changed, cert_changed)
+    }
+
+    /// Why secrets the gateway options name cannot be used now, one line each.
+    pub fn gateway_problems(&self) -> Vec<String> {
+        self.gateway_problems
+            .iter()
+            .map(|(option, problem)| {
+                format!(
+                    "ConfigMap config-sluice: {option}: {problem}; until it is fixed the last \
+                     valid version, if any, is used"
+                )
+            })
+            .collect()
+    }
+
+    /// Puts new gateway options in force: only the listeners and the clusters of the services
+    /// the options name change, and only those whose bytes differ.
+    pub fn configure(&mut self, world: &World, options: GatewayOptions) -> Vec<ResourceUpdate> {
+        let mut out = Vec::new();
+        if options == self.options {
+            return out;
+        }
+        self.options = options;
+        if self.listeners_emitted {
+            let (ca_changed, _) = self.refresh_gateway_secrets(world, None, &mut out);
+            self.emit_gateway(&mut out);
+            if ca_changed {
+                let all = self.cluster_refs.keys().cloned().collect();
+                self.rebuild_backends(all, world, &mut out);
+            }
         }
         out
     }
 
-    fn emit_listeners(&mut self, out: &mut Vec<ResourceUpdate>) {
-        for kind in [ListenerKind::External, ListenerKind::Internal] {
-            let listener = listeners::http_listener(&self.config, kind);
-            out.push(ResourceUpdate {
-                type_url: TypeUrl::Listener,
-                groups: Some(groups_of(kind)),
-                name: listener.name.clone(),
-                resource: Some(Resource::new(
-                    TypeUrl::Listener,
-                    listener.name.clone(),
-                    &listener,
-                    Vec::new(),
-                )),
-            });
+    /// The gateway options in force.
+    pub fn options(&self) -> &GatewayOptions {
+        &self.options
+    }
+
+    /// Brings every listener and the options' clusters up to date.
+    fn emit_gateway(&mut self, out: &mut Vec<ResourceUpdate>) {
+        // Clusters first: a listener's filters may name them.
+        let wanted: Vec<(
+            &'static str,
+            Option<envoy_types::pb::envoy::config::cluster::v3::Cluster>,
+        )> = vec![
+            (
+                gateway::EXT_AUTHZ_CLUSTER,
+                self.options
+                    .ext_authz
+                    .as_ref()
+                    .map(gateway::ext_authz_cluster),
+            ),
+            (
+                gateway::TRACING_CLUSTER,
+                self.options.tracing.as_ref().map(gateway::tracing_cluster),
+            ),
+        ];
+        for (name, cluster) in wanted {
+            let next = cluster.map(|c| Resource::new(TypeUrl::Cluster, name, &c, Vec::new()));
+            let previous = match &next {
+                Some(next) => self.gateway_clusters.insert(name, next.clone()),
+                None => self.gateway_clusters.remove(name),
+            };
+            diff_one(TypeUrl::Cluster, name, previous, next, out);
         }
-        self.listeners_emitted = true;
+        for kind in [ListenerKind::External, ListenerKind::Internal] {
+            let listener = listeners::http_listener(&self.config, &self.options, kind);
+            let next = Resource::new(TypeUrl::Listener, &listener.name, &listener, Vec::new());
+            let previous = self.http_listeners.insert(kind, next.clone());
+            if previous.map(|r| r.digest) != Some(next.digest) {
+                out.push(ResourceUpdate {
+                    type_url: TypeUrl::Listener,
+                    groups: Some(groups_of(kind)),
+                    name: listener.name.clone(),
+                    resource: Some(next),
+                });
+            }
+        }
+        self.rebuild_https_listeners(out);
     }
 
     /// Checks the secrets that changed and the ones newly named by a host about to be rebuilt,
@@ -313,9 +476,24 @@ impl Translator {
     }
 
     fn rebuild_https_listeners(&mut self, out: &mut Vec<ResourceUpdate>) {
+        let no_chains = BTreeMap::new();
         for kind in [ListenerKind::ExternalTls, ListenerKind::InternalTls] {
-            let next = self.chains.get(&kind).map(|chains| {
-                let listener = listeners::https_listener(&self.config, kind, chains);
+            // The internal listener serves every cluster-local host with the options'
+            // certificate, when there is one.
+            let default_certificate = self
+                .cluster_cert
+                .as_ref()
+                .filter(|_| kind == ListenerKind::InternalTls)
+                .map(|(_, resource)| resource.name.as_str());
+            let chains = self.chains.get(&kind);
+            let next = (chains.is_some() || default_certificate.is_some()).then(|| {
+                let listener = listeners::https_listener(
+                    &self.config,
+                    &self.options,
+                    kind,
+                    chains.unwrap_or(&no_chains),
+                    default_certificate,
+                );
                 Resource::new(TypeUrl::Listener, &listener.name, &listener, Vec::new())
             });
             let previous = match &next {
@@ -569,7 +747,7 @@ impl Translator {
     fn build_backend(&self, key: &ClusterKey, world: &World) -> Option<BackendResources> {
         self.cluster_refs
             .contains_key(key)
-            .then(|| encode_backend(key, world))
+            .then(|| encode_backend(key, world, self.upstream_ca_name()))
     }
 
     /// The cluster, and its endpoints, that sluice serves under cluster name `name`, or would
@@ -581,7 +759,7 @@ impl Translator {
         let backend = match self.backends.get(&key) {
             Some(backend) => backend,
             None => {
-                built = encode_backend(&key, world);
+                built = encode_backend(&key, world, self.upstream_ca_name());
                 &built
             }
         };
@@ -840,9 +1018,78 @@ fn diff_scopes(
     }
 }
 
-fn encode_backend(key: &ClusterKey, world: &World) -> BackendResources {
+/// Follows one secret an option names: `wanted` is the name now in the options (`None`: the
+/// option is off), `changed` the secrets that changed (`None`: read it anyway), `build` checks
+/// it and makes its SDS resource. A problem is recorded under the option's key. Says whether
+/// a served resource appeared or went.
+fn refresh_secret(
+    held: &mut Option<(NsName, Arc<Resource>)>,
+    wanted: Option<NsName>,
+    changed: Option<&BTreeSet<NsName>>,
+    build: impl Fn(&NsName) -> Result<Arc<Resource>, SecretProblem>,
+    (option, problems): (&'static str, &mut BTreeMap<&'static str, SecretProblem>),
+    out: &mut Vec<ResourceUpdate>,
+) -> bool {
+    let Some(name) = wanted else {
+        problems.remove(option);
+        let Some((_, old)) = held.take() else {
+            return false;
+        };
+        diff_one(TypeUrl::Secret, &old.name.clone(), Some(old), None, out);
+        return true;
+    };
+    let same_name = held.as_ref().is_some_and(|(current, _)| *current == name);
+    let stale = changed.is_none_or(|changed| changed.contains(&name));
+    if same_name && !stale && !problems.contains_key(option) {
+        return false;
+    }
+    if !same_name && !stale && problems.contains_key(option) {
+        return false;
+    }
+    match build(&name) {
+        Ok(next) => {
+            problems.remove(option);
+            let previous = held.replace((name, next.clone()));
+            let appeared = previous.is_none();
+            let previous = previous.map(|(_, resource)| resource);
+            if previous.as_ref().is_some_and(|p| p.name != next.name) {
+                diff_one(
+                    TypeUrl::Secret,
+                    &previous.clone().unwrap().name,
+                    previous,
+                    None,
+                    out,
+                );
+                diff_one(TypeUrl::Secret, &next.name.clone(), None, Some(next), out);
+                return true;
+            }
+            diff_one(
+                TypeUrl::Secret,
+                &next.name.clone(),
+                previous,
+                Some(next),
+                out,
+            );
+            appeared
+        }
+        Err(problem) => {
+            problems.insert(option, problem);
+            if same_name {
+                return false;
+            }
+            // Another secret is named now: the old one no longer applies.
+            let Some((_, old)) = held.take() else {
+                return false;
+            };
+            diff_one(TypeUrl::Secret, &old.name.clone(), Some(old), None, out);
+            true
+        }
+    }
+}
+
+fn encode_backend(key: &ClusterKey, world: &World, upstream_ca: Option<&str>) -> BackendResources {
     let name = key.name();
-    let backend = clusters::backend(key, world);
+    let backend = clusters::backend(key, world, upstream_ca);
     BackendResources {
         cluster: Resource::new(TypeUrl::Cluster, name, &backend.cluster, Vec::new()),
         endpoints: backend
@@ -1146,6 +1393,44 @@ spec:
             .map(|u| (u.type_url, u.name.as_str()))
             .collect();
         assert_eq!(touched, [(TypeUrl::Secret, "default/cert")]);
+    }
+
+    #[test]
+    fn new_gateway_options_change_only_listeners_and_their_clusters() {
+        let world = start();
+        let mut translator = Translator::new(config());
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(translator.apply(&world, &Translator::everything(&world)));
+        let options = GatewayOptions {
+            trusted_hops: 2,
+            ext_authz: crate::options::parse(
+                &[("extauthz-host".to_owned(), "auth.example:9000".to_owned())].into(),
+                "gloo-system",
+            )
+            .unwrap()
+            .ext_authz,
+            ..GatewayOptions::default()
+        };
+        let updates = translator.configure(&world, options.clone());
+        let touched: Vec<_> = updates
+            .iter()
+            .map(|u| (u.type_url, u.name.as_str()))
+            .collect();
+        assert_eq!(
+            touched,
+            [
+                (TypeUrl::Cluster, EXT_AUTHZ_CLUSTER),
+                (TypeUrl::Listener, "external-http"),
+                (TypeUrl::Listener, "internal-http"),
+            ]
+        );
+        snapshot.apply(updates);
+        assert!(translator.configure(&world, options.clone()).is_empty());
+        let mut fresh = Translator::new(config());
+        fresh.configure(&world, options);
+        let mut from_scratch = Snapshot::default();
+        from_scratch.apply(fresh.apply(&world, &Translator::everything(&world)));
+        assert_eq!(contents(&snapshot), contents(&from_scratch));
     }
 
     #[test]

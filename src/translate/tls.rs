@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    Secret as EnvoySecret, TlsCertificate, secret,
+    CertificateValidationContext, Secret as EnvoySecret, TlsCertificate, secret,
 };
 use k8s_openapi::api::core::v1::Secret;
 use rustls::crypto::CryptoProvider;
@@ -28,6 +28,11 @@ pub enum SecretProblem {
     },
     #[error("secret {secret}: tls.key does not belong to the certificate in tls.crt: {reason}")]
     KeyMismatch { secret: String, reason: String },
+    #[error(
+        "secret {0} has no ca.crt; certs-secret-name must name a Secret with the CA of Knative's \
+         system-internal certificates in ca.crt"
+    )]
+    MissingCa(String),
 }
 
 static PROVIDER: LazyLock<CryptoProvider> = LazyLock::new(rustls::crypto::ring::default_provider);
@@ -81,6 +86,49 @@ pub fn validate(name: &str, secret: Option<&Secret>) -> Result<KeyPair, SecretPr
         certificate_chain: certificate_pem.to_vec(),
         private_key: key_pem.to_vec(),
     })
+}
+
+/// Checks that a secret's `ca.crt` holds PEM certificates, and returns it.
+pub fn validate_ca(name: &str, secret: Option<&Secret>) -> Result<Vec<u8>, SecretProblem> {
+    let secret = secret.ok_or_else(|| SecretProblem::Missing(name.to_owned()))?;
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get("ca.crt"))
+        .map(|bytes| bytes.0.as_slice())
+        .filter(|bytes| !bytes.is_empty())
+        .ok_or_else(|| SecretProblem::MissingCa(name.to_owned()))?;
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| SecretProblem::BadPem {
+            secret: name.to_owned(),
+            key: "ca.crt",
+            reason: error.to_string(),
+        })?;
+    if certificates.is_empty() {
+        return Err(SecretProblem::BadPem {
+            secret: name.to_owned(),
+            key: "ca.crt",
+            reason: "no CERTIFICATE block".to_owned(),
+        });
+    }
+    Ok(pem.to_vec())
+}
+
+/// The SDS resource that verifies peers against a CA.
+pub fn envoy_validation_secret(name: &str, ca: &[u8]) -> EnvoySecret {
+    EnvoySecret {
+        name: name.to_owned(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(DataSource {
+                    specifier: Some(Specifier::InlineBytes(ca.to_vec())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+    }
 }
 
 /// The SDS resource for a validated key pair.

@@ -629,7 +629,7 @@ async fn two_replicas(cluster: &'static Cluster) {
     .collect();
     let check = fails(&scene, &check_args).await;
     let lines: Vec<&str> = check.stdout.lines().collect();
-    assert_eq!(lines.len(), 7, "{check:?}");
+    assert_eq!(lines.len(), 8, "{check:?}");
     let failing: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FAIL")).collect();
     assert_eq!(failing.len(), 1, "{check:?}");
     assert!(

@@ -16,6 +16,7 @@ mod cli;
 mod conformance;
 mod install;
 mod kit;
+mod options;
 mod parity;
 mod replicas;
 mod restart;
@@ -136,6 +137,7 @@ fn trials() -> Vec<Trial> {
         "routes::rollout_through_owning_service",
         routes::rollout_through_owning_service,
     ));
+    trials.extend(in_both("options::config_map", options::config_map));
     trials.extend(conformance::trials());
     trials.extend(cli::trials());
     trials
