@@ -508,7 +508,7 @@ impl Ingress {
             errors.push(ValidationError::NoSplits { rule, path });
             return;
         }
-        let mut sum = 0;
+        let mut sum: u32 = 0;
         for (split, backend) in spec.splits.iter().enumerate() {
             let percent = backend.percent.unwrap_or(0);
             if percent > 100 {
@@ -519,7 +519,8 @@ impl Ingress {
                     percent,
                 });
             }
-            sum += percent;
+            // Percents come from the manifest: u32::MAX + 1 must not wrap to a valid sum.
+            sum = sum.saturating_add(percent);
             if backend.service_name.is_empty() {
                 errors.push(ValidationError::MissingBackendField {
                     rule,
@@ -771,6 +772,25 @@ spec:
                 path: 0,
                 sum: 90
             }])
+        );
+    }
+
+    #[test]
+    fn huge_percents_do_not_overflow_the_sum() {
+        let mut ingress = ingress(HELLO);
+        let path = &mut ingress.spec.rules[0].http.as_mut().unwrap().paths[0];
+        let mut second = path.splits[0].clone();
+        path.splits[0].percent = Some(u32::MAX);
+        second.percent = Some(101);
+        path.splits.push(second);
+        let errors = ingress.validate().unwrap_err();
+        assert!(
+            errors.contains(&ValidationError::PercentSum {
+                rule: 0,
+                path: 0,
+                sum: u32::MAX
+            }),
+            "{errors:?}"
         );
     }
 
