@@ -25,7 +25,7 @@ use crate::status::route_writer::{RouteStatusSource, RouteStatusWriter};
 use crate::status::writer::{StatusSource, StatusWriter, Timing, WriterConfig, WriterError};
 use crate::status::{Envoys, LoadBalancers};
 use crate::translate::TranslateConfig;
-use crate::xds::{AdsService, ClusterLookup, CsdsService, ProxyRegistry};
+use crate::xds::{AdsService, ClusterLookup, CsdsService, ProxyRegistry, XdsTls, XdsTlsError};
 
 /// Where the objects come from.
 #[derive(Debug, Clone)]
@@ -56,6 +56,8 @@ pub struct ServeOptions {
     /// The admin address of an Envoy started beside sluice (`sluice up`), for the CLI.
     pub envoy_admin_addr: Option<String>,
     pub xds_addr: SocketAddr,
+    /// TLS (and mutual TLS) on the xDS port; plain gRPC when `None`.
+    pub xds_tls: Option<XdsTls>,
     pub admin_addr: SocketAddr,
     pub ingress_class: String,
     pub translate: TranslateConfig,
@@ -83,6 +85,8 @@ pub enum ServeError {
     Kubernetes(#[from] KubeSourceError),
     #[error(transparent)]
     StatusWriter(#[from] WriterError),
+    #[error(transparent)]
+    XdsTls(#[from] XdsTlsError),
     #[error("the xDS server failed: {0}")]
     Xds(#[source] tonic::transport::Error),
     #[error("the admin server failed: {0}")]
@@ -182,9 +186,14 @@ pub async fn serve(
         clusters,
         stopping.clone(),
     );
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = &options.xds_tls {
+        server = server
+            .tls_config(tls.server_config()?)
+            .map_err(|error| ServeError::XdsTls(XdsTlsError::Identity(error)))?;
+    }
     let mut xds = std::pin::pin!(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        server
             .add_service(ads)
             .add_service(csds)
             .serve_with_incoming_shutdown(

@@ -43,6 +43,86 @@ const RECONNECT_QUIET: Duration = Duration::from_millis(100);
 /// The longest a reconnecting stream waits for those requests before it answers.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
+/// TLS for the xDS port: sluice's certificate and key, and, for mutual TLS, the CA whose
+/// client certificates it accepts (an Envoy without one is refused in the handshake, before
+/// any config is sent). PEM files, read once at start.
+#[derive(Debug, Clone)]
+pub struct XdsTls {
+    pub certificate: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// Why the xDS port's TLS cannot be set up. Never quotes a file's content: one holds a key.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsTlsError {
+    #[error("cannot read the xDS TLS {what} {}: {source}; check the path and that sluice may read it", .path.display())]
+    Read {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the xDS TLS {what} {} holds no PEM {expected}; give a PEM file", .path.display())]
+    NotPem {
+        what: &'static str,
+        path: std::path::PathBuf,
+        expected: &'static str,
+    },
+    #[error("the xDS TLS certificate and key do not make a usable server identity: {0}")]
+    Identity(#[source] tonic::transport::Error),
+}
+
+impl XdsTls {
+    /// The server's TLS configuration: TLS 1.2+ and ALPN h2, as gRPC needs.
+    pub fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, XdsTlsError> {
+        use rustls_pki_types::pem::PemObject;
+        let certificate = read_pem(&self.certificate, "certificate")?;
+        if rustls_pki_types::CertificateDer::pem_slice_iter(&certificate)
+            .next()
+            .is_none_or(|c| c.is_err())
+        {
+            return Err(XdsTlsError::NotPem {
+                what: "certificate",
+                path: self.certificate.clone(),
+                expected: "certificate",
+            });
+        }
+        let key = read_pem(&self.key, "key")?;
+        if rustls_pki_types::PrivateKeyDer::from_pem_slice(&key).is_err() {
+            return Err(XdsTlsError::NotPem {
+                what: "key",
+                path: self.key.clone(),
+                expected: "private key",
+            });
+        }
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(certificate, key));
+        if let Some(path) = &self.client_ca {
+            let ca = read_pem(path, "client CA")?;
+            if rustls_pki_types::CertificateDer::pem_slice_iter(&ca)
+                .next()
+                .is_none_or(|c| c.is_err())
+            {
+                return Err(XdsTlsError::NotPem {
+                    what: "client CA",
+                    path: path.clone(),
+                    expected: "certificate",
+                });
+            }
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        Ok(config)
+    }
+}
+
+fn read_pem(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, XdsTlsError> {
+    std::fs::read(path).map_err(|source| XdsTlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// One connected Envoy.
 #[derive(Debug)]
 pub struct Proxy {
