@@ -123,8 +123,13 @@ struct ServeArgs {
     /// refused in the handshake, before any config is sent. Needs --xds-tls-cert.
     #[arg(long, value_name = "PEM", requires = "xds_tls_cert")]
     xds_client_ca: Option<PathBuf>,
+    /// Health, readiness, metrics, the admin API and /debug/*; on loopback unless told.
     #[arg(long, default_value = "127.0.0.1:9091")]
     admin_addr: SocketAddr,
+    /// Serve /debug/* (the whole served config, every Envoy) to clients on other hosts too; by
+    /// default it answers only loopback, whatever --admin-addr is.
+    #[arg(long)]
+    debug_remote: bool,
     /// The address Envoy's listeners bind.
     #[arg(long, default_value = "0.0.0.0")]
     listen_address: String,
@@ -185,6 +190,7 @@ impl ServeArgs {
                 },
             ),
             admin_addr: self.admin_addr,
+            debug_remote: self.debug_remote,
             ingress_class: self.ingress_class.clone(),
             translate: TranslateConfig {
                 listen_address: self.listen_address.clone(),

@@ -59,6 +59,8 @@ pub struct ServeOptions {
     /// TLS (and mutual TLS) on the xDS port; plain gRPC when `None`.
     pub xds_tls: Option<XdsTls>,
     pub admin_addr: SocketAddr,
+    /// Serve `/debug/*` to clients that are not on loopback too.
+    pub debug_remote: bool,
     pub ingress_class: String,
     pub translate: TranslateConfig,
     pub balancers: LoadBalancers,
@@ -214,7 +216,9 @@ pub async fn serve(
                     listeners: options.translate.clone(),
                     envoy_admin_addr: options.envoy_admin_addr.clone(),
                 },
-            }),
+                debug_remote: options.debug_remote,
+            })
+            .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(stopped(stopping))
         .into_future()
