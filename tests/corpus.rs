@@ -188,6 +188,17 @@ async fn served_worlds_are_accepted_by_envoy(delta: bool) {
             world.name, world.ingresses
         );
         let metrics = stack.sluice.admin_get("/metrics").await.body;
+        for r#type in ["CDS", "EDS", "LDS", "RDS"] {
+            let count = format!("sluice_xds_proxy_convergence_seconds_count{{type=\"{type}\"}} ");
+            let observed = metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&count)?.parse::<u64>().ok());
+            assert!(
+                observed.is_some_and(|n| n > 0),
+                "{}: Envoy's {type} ACKs are measured: {metrics}",
+                world.name
+            );
+        }
         assert_eq!(
             rejects(&metrics),
             Vec::<&str>::new(),

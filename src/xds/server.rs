@@ -133,6 +133,9 @@ pub struct Proxy {
     pub state: Mutex<StreamState>,
 }
 
+/// Per type, since when a change sent to one Envoy waits for its ACK.
+type Converging = BTreeMap<&'static str, Instant>;
+
 impl Proxy {
     pub fn group(&self) -> Group {
         Group::from_role(self.role.as_deref())
@@ -338,15 +341,21 @@ impl AdsService {
             mode,
             connected_at: SystemTime::now(),
         });
+        let connected = Instant::now();
+        let mut converging = Converging::new();
         let id = self.registry.next_id.fetch_add(1, Ordering::Relaxed);
         self.registry.lock().insert(id, proxy.clone());
         self.registry.changed();
         self.metrics.connected_proxies.inc();
         tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
 
-        self.handle_request(&proxy, &first);
+        self.handle_request(&proxy, &first, &mut converging);
         let reconnecting = lock(&proxy).awaits_reconnect();
-        if reconnecting && !self.await_reconnect(&proxy, &mut inbound).await {
+        if reconnecting
+            && !self
+                .await_reconnect(&proxy, &mut inbound, &mut converging)
+                .await
+        {
             self.disconnect(id, &proxy);
             return;
         }
@@ -355,7 +364,7 @@ impl AdsService {
         let mut pending = None;
         'stream: loop {
             if let Some(request) = pending.take() {
-                self.handle_request(&proxy, &request);
+                self.handle_request(&proxy, &request, &mut converging);
             }
             let snapshot = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
@@ -365,8 +374,12 @@ impl AdsService {
                 let elapsed = started.elapsed();
                 self.metrics.push_seconds.observe(elapsed.as_secs_f64());
                 tracing::debug!(node = %proxy.node_id, responses = responses.len(), micros = elapsed.as_micros() as u64, "computed responses");
+                // A change older than the stream converges from when the Envoy connected.
+                let since = snapshot
+                    .changed_at()
+                    .map_or(connected, |at| at.max(connected));
                 for response in responses {
-                    self.count_push(&response);
+                    self.count_push(&response, since, &mut converging);
                     let Some(response) = unwrap(response) else {
                         continue;
                     };
@@ -400,12 +413,13 @@ impl AdsService {
         &self,
         proxy: &Proxy,
         inbound: &mut Streaming<Req>,
+        converging: &mut Converging,
     ) -> bool {
         let deadline = Instant::now() + RECONNECT_MAX;
         loop {
             let quiet = RECONNECT_QUIET.min(deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(quiet, inbound.message()).await {
-                Ok(Ok(Some(request))) => self.handle_request(proxy, &request),
+                Ok(Ok(Some(request))) => self.handle_request(proxy, &request, converging),
                 Ok(Ok(None)) => return false,
                 Ok(Err(status)) => {
                     tracing::debug!(node = %proxy.node_id, %status, "xDS stream failed");
@@ -437,10 +451,21 @@ impl AdsService {
         tracing::info!(node = %proxy.node_id, "Envoy disconnected");
     }
 
-    fn handle_request(&self, proxy: &Proxy, request: &impl XdsRequest) {
+    fn handle_request(
+        &self,
+        proxy: &Proxy,
+        request: &impl XdsRequest,
+        converging: &mut Converging,
+    ) {
         let outcome = request.apply(&mut lock(proxy));
         if matches!(outcome, RequestOutcome::Acked | RequestOutcome::Nacked(_)) {
             self.registry.changed();
+            let type_url = TypeUrl::parse(request.type_url()).map(TypeUrl::short);
+            let waiting = type_url.and_then(|t| Some((t, converging.remove(t)?)));
+            if let (Some((type_url, since)), RequestOutcome::Acked) = (waiting, &outcome) {
+                self.metrics
+                    .record_convergence(type_url, since.elapsed().as_secs_f64());
+            }
         }
         match outcome {
             RequestOutcome::Nacked(nack) => {
@@ -462,13 +487,16 @@ impl AdsService {
         }
     }
 
-    fn count_push(&self, response: &Response) {
+    /// Counts a response, and notes since when its type waits for the Envoy's ACK (the oldest
+    /// change not ACKed yet).
+    fn count_push(&self, response: &Response, since: Instant, converging: &mut Converging) {
         let type_url = match response {
             Response::Sotw(r) => &r.type_url,
             Response::Delta(r) => &r.type_url,
         };
         if let Some(type_url) = TypeUrl::parse(type_url) {
             self.metrics.record_push(type_url.short());
+            converging.entry(type_url.short()).or_insert(since);
         }
     }
 }
