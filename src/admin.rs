@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Json};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
@@ -35,6 +36,8 @@ pub struct AdminState {
     /// What the other replicas' Envoys ACKed (none in file mode).
     pub others: Arc<OtherReplicas>,
     pub server: ServerInfo,
+    /// Whether `/debug/*` answers clients that are not on loopback (`--debug-remote`).
+    pub debug_remote: bool,
 }
 
 /// What the process knows of its own setup, for `GetServer`.
@@ -74,14 +77,36 @@ impl AdminState {
 pub fn router(state: AdminState) -> Router {
     let grpc = tonic::service::Routes::new(api::admin_server::AdminServer::new(state.clone()))
         .into_axum_router();
+    let debug = Router::new()
+        .route("/debug/config", get(debug_config))
+        .route("/debug/proxies", get(debug_proxies))
+        .route_layer(middleware::from_fn_with_state(state.clone(), loopback_only));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/debug/config", get(debug_config))
-        .route("/debug/proxies", get(debug_proxies))
+        .merge(debug)
         .with_state(state)
         .merge(grpc)
+}
+
+/// `/debug/*` shows the whole served config and every Envoy: unless `--debug-remote` says
+/// otherwise it answers only clients on this host, even when the admin address is one that
+/// Prometheus and the other replicas reach. A request whose peer is unknown is refused too.
+async fn loopback_only(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip().to_canonical());
+    if state.debug_remote || peer.is_some_and(|ip| ip.is_loopback()) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::FORBIDDEN,
+        "/debug/* answers only on loopback; use `kubectl port-forward`, or start sluice with \
+         --debug-remote to serve it to other hosts\n",
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
@@ -531,5 +556,72 @@ impl From<api::Route> for RouteView {
             origin: present(route.origin),
             ingress: present(route.ingress),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    fn state(debug_remote: bool) -> AdminState {
+        let config = TranslateConfig {
+            listen_address: "0.0.0.0".into(),
+            http_port: 8080,
+            https_port: 8443,
+            internal_http_port: 8081,
+            internal_https_port: 8444,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (engine, _) = Engine::new(
+            "sluice.ingress.networking.knative.dev",
+            config.clone(),
+            crate::status::LoadBalancers::default(),
+            metrics.clone(),
+        );
+        AdminState {
+            engine: Arc::new(Mutex::new(engine)),
+            registry: Arc::new(ProxyRegistry::new("test")),
+            metrics,
+            others: Arc::default(),
+            server: ServerInfo {
+                xds_addr: "127.0.0.1:9977".parse().unwrap(),
+                listeners: config,
+                envoy_admin_addr: None,
+            },
+            debug_remote,
+        }
+    }
+
+    async fn status(debug_remote: bool, peer: Option<[u8; 4]>, path: &str) -> StatusCode {
+        let mut request = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        if let Some(ip) = peer {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from((ip, 40_000))));
+        }
+        router(state(debug_remote))
+            .oneshot(request)
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn debug_answers_only_loopback_unless_asked() {
+        let remote = Some([10, 1, 2, 3]);
+        for path in ["/debug/config", "/debug/proxies"] {
+            assert_eq!(
+                status(false, Some([127, 0, 0, 1]), path).await,
+                StatusCode::OK
+            );
+            assert_eq!(status(false, remote, path).await, StatusCode::FORBIDDEN);
+            assert_eq!(status(false, None, path).await, StatusCode::FORBIDDEN);
+            assert_eq!(status(true, remote, path).await, StatusCode::OK);
+        }
+        assert_eq!(status(false, remote, "/metrics").await, StatusCode::OK);
+        assert_eq!(status(false, remote, "/healthz").await, StatusCode::OK);
     }
 }

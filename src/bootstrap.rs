@@ -14,6 +14,18 @@ pub struct BootstrapConfig {
     pub admin_addr: String,
     /// Delta (incremental) xDS instead of state-of-the-world.
     pub delta: bool,
+    /// Reach sluice over TLS; plain gRPC when `None`.
+    pub tls: Option<BootstrapTls>,
+}
+
+/// TLS to sluice's xDS port, as paths of PEM files Envoy reads when it starts: the bootstrap
+/// never holds a key.
+#[derive(Debug, Clone)]
+pub struct BootstrapTls {
+    /// The CA that signed sluice's certificate.
+    pub ca: String,
+    /// Envoy's client certificate and key, for mutual TLS.
+    pub client: Option<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +111,48 @@ static_resources:
               socket_address: {{address: {xds_host}, port_value: {xds_port}}}
 "#
     );
+    if let Some(tls) = &config.tls {
+        yaml.push_str(&transport_socket(tls, &xds_host));
+    }
     Ok(yaml)
+}
+
+/// The sluice-xds cluster's TLS: sluice's certificate must chain to the CA and name the host
+/// Envoy dials (as a DNS name or an IP address).
+fn transport_socket(tls: &BootstrapTls, xds_host: &str) -> String {
+    let (san_type, sni) = if xds_host.parse::<std::net::IpAddr>().is_ok() {
+        ("IP_ADDRESS", String::new())
+    } else {
+        ("DNS", format!("\n        sni: {}", quoted(xds_host)))
+    };
+    let mut yaml = format!(
+        r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext{sni}
+        common_tls_context:
+          alpn_protocols: [h2]
+          validation_context:
+            trusted_ca: {{filename: {ca}}}
+            match_typed_subject_alt_names:
+            - san_type: {san_type}
+              matcher: {{exact: {host}}}
+"#,
+        ca = quoted(&tls.ca),
+        host = quoted(xds_host),
+    );
+    if let Some((certificate, key)) = &tls.client {
+        let _ = write!(
+            yaml,
+            r#"          tls_certificates:
+          - certificate_chain: {{filename: {}}}
+            private_key: {{filename: {}}}
+"#,
+            quoted(certificate),
+            quoted(key)
+        );
+    }
+    yaml
 }
 
 #[cfg(test)]
@@ -113,7 +166,42 @@ mod tests {
             role: Some("gloo-system~knative-external-proxy".into()),
             admin_addr: "127.0.0.1:19000".into(),
             delta,
+            tls: None,
         }
+    }
+
+    #[test]
+    fn tls_names_files_and_checks_the_servers_name() {
+        let mut tls = config(false);
+        tls.xds_addr = "sluice.gloo-system:9977".into();
+        tls.tls = Some(BootstrapTls {
+            ca: "/etc/sluice/ca.crt".into(),
+            client: Some(("/etc/sluice/tls.crt".into(), "/etc/sluice/tls.key".into())),
+        });
+        let parsed: serde_json::Value = serde_saphyr::from_str(&render(&tls).unwrap()).unwrap();
+        let socket = &parsed["static_resources"]["clusters"][0]["transport_socket"];
+        let context = &socket["typed_config"];
+        assert_eq!(context["sni"], "sluice.gloo-system");
+        let common = &context["common_tls_context"];
+        assert_eq!(
+            common["validation_context"]["trusted_ca"]["filename"],
+            "/etc/sluice/ca.crt"
+        );
+        let san = &common["validation_context"]["match_typed_subject_alt_names"][0];
+        assert_eq!(
+            (san["san_type"].as_str(), san["matcher"]["exact"].as_str()),
+            (Some("DNS"), Some("sluice.gloo-system"))
+        );
+        assert_eq!(
+            common["tls_certificates"][0]["private_key"]["filename"],
+            "/etc/sluice/tls.key"
+        );
+        assert!(
+            render(&config(false))
+                .unwrap()
+                .find("transport_socket")
+                .is_none()
+        );
     }
 
     #[test]
@@ -148,6 +236,7 @@ mod tests {
     #[test]
     fn a_bad_address_is_named() {
         let error = render(&BootstrapConfig {
+            tls: None,
             xds_addr: "localhost".into(),
             ..config(false)
         })

@@ -11,12 +11,13 @@ use tokio::sync::oneshot;
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use sluice::bootstrap::{self, BootstrapConfig};
+use sluice::bootstrap::{self, BootstrapConfig, BootstrapTls};
 use sluice::routes::RouteConfig;
 use sluice::runtime::{self, KubernetesOptions, ServeOptions, SourceOptions};
 use sluice::status::LoadBalancers;
 use sluice::status::writer::Timing;
 use sluice::translate::TranslateConfig;
+use sluice::xds::XdsTls;
 
 mod cli;
 
@@ -112,8 +113,23 @@ struct ServeArgs {
     startup_grace: u64,
     #[arg(long, default_value = "127.0.0.1:9977")]
     xds_addr: SocketAddr,
+    /// Serve xDS over TLS with this PEM certificate (chain), with --xds-tls-key.
+    #[arg(long, value_name = "PEM", requires = "xds_tls_key")]
+    xds_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --xds-tls-cert.
+    #[arg(long, value_name = "PEM", requires = "xds_tls_cert")]
+    xds_tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only Envoys whose client certificate this PEM CA signed; others are
+    /// refused in the handshake, before any config is sent. Needs --xds-tls-cert.
+    #[arg(long, value_name = "PEM", requires = "xds_tls_cert")]
+    xds_client_ca: Option<PathBuf>,
+    /// Health, readiness, metrics, the admin API and /debug/*; on loopback unless told.
     #[arg(long, default_value = "127.0.0.1:9091")]
     admin_addr: SocketAddr,
+    /// Serve /debug/* (the whole served config, every Envoy) to clients on other hosts too; by
+    /// default it answers only loopback, whatever --admin-addr is.
+    #[arg(long)]
+    debug_remote: bool,
     /// The address Envoy's listeners bind.
     #[arg(long, default_value = "0.0.0.0")]
     listen_address: String,
@@ -166,7 +182,15 @@ impl ServeArgs {
                 .unwrap_or_else(runtime::default_replica),
             envoy_admin_addr: self.started_envoy_admin.clone(),
             xds_addr: self.xds_addr,
+            xds_tls: self.xds_tls_cert.clone().zip(self.xds_tls_key.clone()).map(
+                |(certificate, key)| XdsTls {
+                    certificate,
+                    key,
+                    client_ca: self.xds_client_ca.clone(),
+                },
+            ),
             admin_addr: self.admin_addr,
+            debug_remote: self.debug_remote,
             ingress_class: self.ingress_class.clone(),
             system_namespace: self.system_namespace.clone(),
             translate: TranslateConfig {
@@ -208,6 +232,16 @@ struct BootstrapArgs {
     /// Use delta (incremental) xDS instead of state-of-the-world.
     #[arg(long)]
     delta: bool,
+    /// Reach sluice over TLS, trusting this PEM CA for its certificate (`serve --xds-tls-cert`).
+    #[arg(long, value_name = "PEM")]
+    xds_ca: Option<String>,
+    /// Mutual TLS: Envoy's client certificate (PEM), for `serve --xds-client-ca`. Envoy reads
+    /// the file; the bootstrap holds only its path.
+    #[arg(long, value_name = "PEM", requires_all = ["xds_ca", "xds_client_key"])]
+    xds_client_cert: Option<String>,
+    /// The PEM private key of --xds-client-cert (its path only goes into the bootstrap).
+    #[arg(long, value_name = "PEM", requires = "xds_client_cert")]
+    xds_client_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -243,6 +277,10 @@ async fn main() -> anyhow::Result<()> {
                     role: args.role,
                     admin_addr: args.admin_addr,
                     delta: args.delta,
+                    tls: args.xds_ca.map(|ca| BootstrapTls {
+                        ca,
+                        client: args.xds_client_cert.zip(args.xds_client_key),
+                    }),
                 })?
             );
             Ok(())
@@ -308,8 +346,15 @@ fn find_envoy(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    if args.serve.xds_tls_cert.is_some() {
+        anyhow::bail!(
+            "sluice up runs its Envoy beside it on loopback, without TLS; serve xDS over TLS with \
+             `sluice serve --xds-tls-cert` and `sluice bootstrap --xds-ca`"
+        );
+    }
     let envoy = find_envoy(args.envoy)?;
     let yaml = bootstrap::render(&BootstrapConfig {
+        tls: None,
         xds_addr: args.serve.xds_addr.to_string(),
         node_id: "sluice-up".to_owned(),
         role: None,

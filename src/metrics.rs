@@ -20,6 +20,7 @@ pub struct Metrics {
     pub connected_proxies: Gauge,
     pushes: Family<TypeLabel, Counter>,
     rejects: Family<TypeLabel, Counter>,
+    convergence: Family<TypeLabel, Histogram>,
     pub translation_seconds: Histogram,
     pub push_seconds: Histogram,
     pub resources_changed: Counter,
@@ -43,6 +44,15 @@ impl Default for Metrics {
             "xds_rejects",
             "xDS responses Envoy rejected (NACK), by type",
             rejects.clone(),
+        );
+        let convergence = Family::<TypeLabel, Histogram>::new_with_constructor(
+            convergence_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "xds_proxy_convergence_seconds",
+            "Time from a change reaching sluice's snapshot (or an Envoy connecting) to that Envoy's \
+             ACK of it, by type: Istio's pilot_proxy_convergence_time",
+            convergence.clone(),
         );
         let translation_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
@@ -79,12 +89,14 @@ impl Default for Metrics {
         for r#type in TypeUrl::ALL.map(TypeUrl::short) {
             pushes.get_or_create(&TypeLabel { r#type }).inc_by(0);
             rejects.get_or_create(&TypeLabel { r#type }).inc_by(0);
+            let _ = convergence.get_or_create(&TypeLabel { r#type });
         }
         Metrics {
             registry,
             connected_proxies,
             pushes,
             rejects,
+            convergence,
             translation_seconds,
             push_seconds,
             resources_changed,
@@ -103,6 +115,12 @@ impl Metrics {
         self.rejects.get_or_create(&TypeLabel { r#type }).inc();
     }
 
+    pub fn record_convergence(&self, r#type: &'static str, seconds: f64) {
+        self.convergence
+            .get_or_create(&TypeLabel { r#type })
+            .observe(seconds);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -110,6 +128,11 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         text
     }
+}
+
+/// 1 ms to about 33 s.
+fn convergence_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 #[cfg(test)]
@@ -134,5 +157,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_xds_connected_proxies 0"), "{text}");
+        assert!(
+            text.contains("sluice_xds_proxy_convergence_seconds_count{type=\"LDS\"} 0"),
+            "{text}"
+        );
+        metrics.record_convergence("RDS", 0.003);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "sluice_xds_proxy_convergence_seconds_bucket{le=\"0.004\",type=\"RDS\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

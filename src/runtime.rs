@@ -27,7 +27,7 @@ use crate::status::writer::{
 };
 use crate::status::{Dirty, Envoys, LoadBalancers};
 use crate::translate::TranslateConfig;
-use crate::xds::{AdsService, ClusterLookup, CsdsService, ProxyRegistry};
+use crate::xds::{AdsService, ClusterLookup, CsdsService, ProxyRegistry, XdsTls, XdsTlsError};
 
 /// Where the objects come from.
 #[derive(Debug, Clone)]
@@ -58,7 +58,11 @@ pub struct ServeOptions {
     /// The admin address of an Envoy started beside sluice (`sluice up`), for the CLI.
     pub envoy_admin_addr: Option<String>,
     pub xds_addr: SocketAddr,
+    /// TLS (and mutual TLS) on the xDS port; plain gRPC when `None`.
+    pub xds_tls: Option<XdsTls>,
     pub admin_addr: SocketAddr,
+    /// Serve `/debug/*` to clients that are not on loopback too.
+    pub debug_remote: bool,
     pub ingress_class: String,
     /// sluice's own namespace: its `config-sluice` ConfigMap holds the gateway options.
     pub system_namespace: String,
@@ -87,6 +91,8 @@ pub enum ServeError {
     Kubernetes(#[from] KubeSourceError),
     #[error(transparent)]
     StatusWriter(#[from] WriterError),
+    #[error(transparent)]
+    XdsTls(#[from] XdsTlsError),
     #[error("the xDS server failed: {0}")]
     Xds(#[source] tonic::transport::Error),
     #[error("the admin server failed: {0}")]
@@ -190,9 +196,14 @@ pub async fn serve(
         clusters,
         stopping.clone(),
     );
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = &options.xds_tls {
+        server = server
+            .tls_config(tls.server_config()?)
+            .map_err(|error| ServeError::XdsTls(XdsTlsError::Identity(error)))?;
+    }
     let mut xds = std::pin::pin!(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        server
             .add_service(ads)
             .add_service(csds)
             .serve_with_incoming_shutdown(
@@ -213,7 +224,9 @@ pub async fn serve(
                     listeners: options.translate.clone(),
                     envoy_admin_addr: options.envoy_admin_addr.clone(),
                 },
-            }),
+                debug_remote: options.debug_remote,
+            })
+            .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(stopped(stopping))
         .into_future()

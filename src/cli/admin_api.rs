@@ -27,7 +27,8 @@ impl AdminApi {
         let channel = dialer.channel().await?;
         Ok(AdminApi {
             dialer,
-            client: AdminClient::new(channel),
+            // tonic's default 4 MiB limit is one listing of a few thousand ingresses.
+            client: AdminClient::new(channel).max_decoding_message_size(usize::MAX),
             hint,
         })
     }

@@ -245,6 +245,7 @@ fn sluice(install: &KnativeInstall) -> Vec<Value> {
 fn proxy(install: &KnativeInstall, name: &str, service_type: &str) -> Vec<Value> {
     let ns = &install.namespace;
     let bootstrap = bootstrap::render(&BootstrapConfig {
+        tls: None,
         xds_addr: format!("sluice.{ns}.svc.cluster.local:{XDS_PORT}"),
         node_id: name.to_owned(),
         role: Some(format!("{ns}~{name}")),

@@ -362,7 +362,7 @@ pub enum ValidationError {
         path: usize,
         header: String,
     },
-    #[error("{field}[{header:?}]: {reason}")]
+    #[error("{field}[{}]: {reason}", abbreviated(.header))]
     BadHeader {
         field: String,
         header: String,
@@ -370,6 +370,12 @@ pub enum ValidationError {
     },
     #[error("spec.rules[{rule}].http.paths[{path}].rewriteHost: contains CR, LF or NUL")]
     BadRewriteHost { rule: usize, path: usize },
+    #[error("{field}: {} is not a valid host name: {reason}", abbreviated(.host))]
+    BadHost {
+        field: String,
+        host: String,
+        reason: String,
+    },
     #[error("spec.tls[{index}].{field}: a value is required")]
     MissingTlsField { index: usize, field: &'static str },
     #[error("spec.tls[{index}].hosts: at least one host is required")]
@@ -413,6 +419,7 @@ impl Ingress {
             if rule.hosts.is_empty() || rule.hosts.iter().any(String::is_empty) {
                 errors.push(ValidationError::NoHosts { rule: r });
             }
+            check_hosts(&format!("spec.rules[{r}].hosts"), &rule.hosts, &mut errors);
             let paths = rule
                 .http
                 .as_ref()
@@ -429,6 +436,7 @@ impl Ingress {
             if tls.hosts.is_empty() {
                 errors.push(ValidationError::NoTlsHosts { index });
             }
+            check_hosts(&format!("spec.tls[{index}].hosts"), &tls.hosts, &mut errors);
             if tls.secret_name.is_empty() {
                 errors.push(ValidationError::MissingTlsField {
                     index,
@@ -500,7 +508,7 @@ impl Ingress {
             errors.push(ValidationError::NoSplits { rule, path });
             return;
         }
-        let mut sum = 0;
+        let mut sum: u32 = 0;
         for (split, backend) in spec.splits.iter().enumerate() {
             let percent = backend.percent.unwrap_or(0);
             if percent > 100 {
@@ -511,7 +519,8 @@ impl Ingress {
                     percent,
                 });
             }
-            sum += percent;
+            // Percents come from the manifest: u32::MAX + 1 must not wrap to a valid sum.
+            sum = sum.saturating_add(percent);
             if backend.service_name.is_empty() {
                 errors.push(ValidationError::MissingBackendField {
                     rule,
@@ -608,6 +617,74 @@ fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Envoy matches hosts, and Knative's hosts are DNS names (RFC 1123): at most 253 characters,
+/// labels of 1 to 63 letters, digits and inner hyphens. Anything else would be served under a
+/// name no client can ask for, or make Envoy's route configuration unwieldy.
+fn check_hosts(field: &str, hosts: &[String], errors: &mut Vec<ValidationError>) {
+    for (index, host) in hosts.iter().enumerate() {
+        if let Err(reason) = dns_name(host) {
+            errors.push(ValidationError::BadHost {
+                field: format!("{field}[{index}]"),
+                host: host.clone(),
+                reason,
+            });
+        }
+    }
+}
+
+const MAX_DNS_NAME: usize = 253;
+const MAX_DNS_LABEL: usize = 63;
+
+fn dns_name(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        // Reported as a missing host.
+        return Ok(());
+    }
+    if host.len() > MAX_DNS_NAME {
+        return Err(format!(
+            "it is {} characters long, a DNS name at most {MAX_DNS_NAME}",
+            host.len()
+        ));
+    }
+    if let Some(bad) = host
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !matches!(c, '-' | '.'))
+    {
+        return Err(format!(
+            "it contains {bad:?}; a DNS name has only letters, digits, '-' and '.'"
+        ));
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Err("it has an empty label (a leading, trailing or doubled '.')".into());
+        }
+        if label.len() > MAX_DNS_LABEL {
+            return Err(format!(
+                "its label {} is {} characters long, a DNS label at most {MAX_DNS_LABEL}",
+                abbreviated(label),
+                label.len()
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("its label {label:?} starts or ends with '-'"));
+        }
+    }
+    Ok(())
+}
+
+/// A value for a message: quoted, and cut short when long (a hostile host can be megabytes).
+fn abbreviated(value: &str) -> String {
+    const SHOWN: usize = 40;
+    match value.char_indices().nth(SHOWN) {
+        None => format!("{value:?}"),
+        Some((end, _)) => format!(
+            "{:?}... ({} characters)",
+            &value[..end],
+            value.chars().count()
+        ),
+    }
+}
+
 fn has_control_bytes(value: &str) -> bool {
     value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
 }
@@ -699,6 +776,25 @@ spec:
     }
 
     #[test]
+    fn huge_percents_do_not_overflow_the_sum() {
+        let mut ingress = ingress(HELLO);
+        let path = &mut ingress.spec.rules[0].http.as_mut().unwrap().paths[0];
+        let mut second = path.splits[0].clone();
+        path.splits[0].percent = Some(u32::MAX);
+        second.percent = Some(101);
+        path.splits.push(second);
+        let errors = ingress.validate().unwrap_err();
+        assert!(
+            errors.contains(&ValidationError::PercentSum {
+                rule: 0,
+                path: 0,
+                sum: u32::MAX
+            }),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn backend_in_another_namespace_is_rejected() {
         let ingress = ingress(
             r#"
@@ -744,6 +840,63 @@ spec:
         assert!(errors[0].starts_with("spec.rules[0].http.paths[0].appendHeaders[\":path\"]"));
         assert!(errors[1].contains("splits[0].appendHeaders[\"Host\"]"));
         assert!(errors[2].contains("headers[\"bad header\"]: not a valid HTTP header name"));
+    }
+
+    #[test]
+    fn hosts_must_be_dns_names() {
+        let long_label = "a".repeat(64);
+        let long_host = "ab.".repeat(3_333) + "x";
+        let cases = [
+            (
+                long_host.as_str(),
+                "10000 characters long, a DNS name at most 253",
+            ),
+            (
+                &format!("{long_label}.example.com"),
+                "64 characters long, a DNS label at most 63",
+            ),
+            ("x.example.com\r\nEvil: 1", "it contains '\\r'"),
+            ("*.example.com", "it contains '*'"),
+            ("x.example.com:8080", "it contains ':'"),
+            ("x..example.com", "empty label"),
+            ("-x.example.com", "starts or ends with '-'"),
+        ];
+        for (host, reason) in cases {
+            let mut ingress = ingress(HELLO);
+            ingress.spec.rules[0].hosts = vec!["fine.example.com".into(), host.to_owned()];
+            ingress.spec.tls.push(IngressTls {
+                hosts: vec![host.to_owned()],
+                secret_name: "s".into(),
+                secret_namespace: "default".into(),
+            });
+            let errors: Vec<String> = ingress
+                .validate()
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(errors.len(), 2, "{errors:?}");
+            assert!(
+                errors[0].starts_with("spec.rules[0].hosts[1]: ") && errors[0].contains(reason),
+                "{reason}: {}",
+                errors[0]
+            );
+            assert!(
+                errors[1].starts_with("spec.tls[0].hosts[0]: "),
+                "{}",
+                errors[1]
+            );
+            assert!(
+                errors[0].len() < 300,
+                "a long host is cut short: {}",
+                errors[0]
+            );
+        }
+        let mut ingress = ingress(HELLO);
+        let longest = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(61));
+        assert_eq!(longest.len(), 253);
+        ingress.spec.rules[0].hosts = vec![longest, "UPPER.Example.com".into(), "1.2.3.4".into()];
+        assert_eq!(ingress.validate(), Ok(()));
     }
 
     #[test]

@@ -20,6 +20,15 @@
 //! is in `default`, a `ClusterIngress` has none, and a `Secret`'s `stringData` is folded into
 //! `data`.
 //!
+//! # Limits
+//!
+//! A file is read as a stream, one document at a time, and a `List`'s items of kinds sluice does
+//! not use are dropped as they are read: a file of any number of documents, or a whole
+//! cluster's `kubectl get -A -o yaml` dump, costs the memory of the objects sluice uses. What is
+//! refused, with a message that names the limit: a file over 256 MiB (unread), values nested
+//! over 128 levels, and YAML aliases that would expand one document by over 100,000 events (an
+//! alias bomb).
+//!
 //! # A broken file never removes anything
 //!
 //! Files are edited by hand, and a typo must not take routes down. So:
@@ -44,7 +53,7 @@ use std::collections::{BTreeMap, BTreeSet, btree_map};
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,7 +62,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use notify::Watcher as _;
 use notify::event::{AccessKind, AccessMode, EventKind};
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -69,6 +79,18 @@ const MAX_DELAY: Duration = Duration::from_millis(500);
 /// Batches waiting for a slow consumer; beyond that the watcher waits, and changes pile up as
 /// paths to reload rather than as batches.
 const BATCH_QUEUE: usize = 16;
+/// The largest manifest file read: far above a `kubectl get -A -o yaml` dump of the kinds
+/// sluice uses in a big cluster, far below what would strain memory (of a bigger file, nothing
+/// is read). Kubernetes itself keeps an object under 1.5 MiB.
+const MAX_FILE_BYTES: u64 = 256 << 20;
+/// How deep values may nest: serde_json's own limit. A Kubernetes object needs a dozen levels, a
+/// CustomResourceDefinition's schema in a dump may need sixty.
+const MAX_DEPTH: usize = 128;
+/// The parsers recurse once per level, some 20 KiB a level in a debug build: room for
+/// [`MAX_DEPTH`] levels many times over. Only the pages used are ever touched.
+const PARSE_STACK_BYTES: usize = 64 << 20;
+/// Events one YAML document may replay through aliases.
+const MAX_ALIAS_EVENTS: usize = 100_000;
 const FILE_ADVICE: &str = "fix the file; until then the objects it provided before are kept";
 const DOCUMENT_ADVICE: &str =
     "fix this document; until then the objects this file provided before are kept";
@@ -548,30 +570,32 @@ fn read_file(path: &Path) -> FileRead {
             message: format!("{message}; {FILE_ADVICE}"),
         })
     };
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
         Err(error) if is_gone(&error) => return FileRead::Gone,
         Err(error) => return unusable(format!("cannot read the file: {error}")),
     };
+    match file.metadata() {
+        Ok(meta) if meta.len() > MAX_FILE_BYTES => return unusable(too_big()),
+        Ok(_) => {}
+        Err(error) => return unusable(format!("cannot read the file: {error}")),
+    }
+    // A file that grows past the limit while it is read is cut there, and the cut detected.
+    let mut input = io::BufReader::new(file.take(MAX_FILE_BYTES + 1));
     let is_json = path
         .extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
     let documents = if is_json {
-        match serde_json::from_str(&text) {
-            Ok(value) => vec![Document { line: None, value }],
-            Err(error) => return unusable(format!("not valid JSON: {error}")),
-        }
+        read_json(&mut input)
     } else {
-        match serde_saphyr::from_multiple::<serde_saphyr::Spanned<Value>>(&text) {
-            Ok(documents) => documents
-                .into_iter()
-                .map(|spanned| Document {
-                    line: Some(spanned.referenced.line()).filter(|&line| line > 0),
-                    value: spanned.value,
-                })
-                .collect(),
-            Err(error) => return unusable(format!("not valid YAML: {}", error.without_snippet())),
-        }
+        read_yaml(&mut input)
+    };
+    if input.get_ref().limit() == 0 {
+        return unusable(too_big());
+    }
+    let documents = match documents {
+        Ok(documents) => documents,
+        Err(message) => return unusable(message),
     };
     let mut reader = DocumentReader {
         path,
@@ -587,11 +611,208 @@ fn read_file(path: &Path) -> FileRead {
     }
 }
 
+fn too_big() -> String {
+    format!(
+        "the file is larger than the {} MiB sluice reads from one file; split it into several files",
+        MAX_FILE_BYTES >> 20
+    )
+}
+
+type Input = io::BufReader<io::Take<fs::File>>;
+
+fn read_json(input: &mut Input) -> Result<Vec<Document>, String> {
+    let mut json = serde_json::Deserializer::from_reader(input);
+    let read = Trimmed::deserialize(&mut json).and_then(|Trimmed(value)| {
+        json.end()?;
+        Ok(value)
+    });
+    match read {
+        Ok(value) => Ok(vec![Document { line: None, value }]),
+        Err(error) if error.to_string().starts_with("recursion limit exceeded") => Err(format!(
+            "not valid JSON: {error} (objects nest at most {MAX_DEPTH} levels deep)"
+        )),
+        Err(error) => Err(format!("not valid JSON: {error}")),
+    }
+}
+
+/// Reads the documents one at a time, each within the parser's budget: any number of documents
+/// of any realistic size, while an alias bomb or a pathological nesting is refused.
+fn read_yaml(input: &mut Input) -> Result<Vec<Document>, String> {
+    serde_saphyr::read_with_options::<_, serde_saphyr::Spanned<Trimmed>>(input, yaml_options())
+        .map(|document| match document {
+            Ok(spanned) => Ok(Document {
+                line: Some(spanned.referenced.line()).filter(|&line| line > 0),
+                value: spanned.value.0,
+            }),
+            Err(error) => Err(format!(
+                "not valid YAML: {}{}",
+                error.without_snippet(),
+                yaml_limit(&error)
+            )),
+        })
+        .collect()
+}
+
+/// Which of sluice's limits a YAML error is about, if any, said so that it can be acted on.
+fn yaml_limit(mut error: &serde_saphyr::Error) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    while let serde_saphyr::Error::AliasError { error: inner, .. }
+    | serde_saphyr::Error::WithSnippet { error: inner, .. } = error
+    {
+        error = inner;
+    }
+    match error {
+        serde_saphyr::Error::Budget {
+            breach: BudgetBreach::Depth { .. },
+            ..
+        } => format!(" (values nest at most {MAX_DEPTH} levels deep)"),
+        serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+        | serde_saphyr::Error::AliasExpansionLimitExceeded { .. }
+        | serde_saphyr::Error::AliasReplayStackDepthExceeded { .. } => format!(
+            " (aliases may expand one document by at most {MAX_ALIAS_EVENTS} events; write the values out)"
+        ),
+        serde_saphyr::Error::Budget { .. } => " (a limit of sluice's YAML reader)".into(),
+        _ if error.to_string().starts_with("recursion limit exceeded") => {
+            format!(" (values nest at most {MAX_DEPTH} levels deep)")
+        }
+        _ => String::new(),
+    }
+}
+
+/// The YAML parser's budget, per document. Without aliases a document's events and nodes are
+/// bounded by its bytes, which [`MAX_FILE_BYTES`] bounds: the budget that matters is how much
+/// aliases may expand (a Kubernetes object has no use for more than a few thousand events
+/// through aliases; an alias bomb asks for billions) and how deep values nest.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut alias_limits = serde_saphyr::options::AliasLimits::default();
+    alias_limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_reader_input_bytes: Some(MAX_FILE_BYTES as usize + 1),
+            max_events: usize::MAX,
+            max_nodes: usize::MAX,
+            max_total_scalar_bytes: MAX_FILE_BYTES as usize,
+            max_depth: MAX_DEPTH,
+        },
+        alias_limits: alias_limits,
+    }
+}
+
 struct Document {
     /// Where it starts, for messages: documents that are empty are not counted, so the number
     /// alone can mislead.
     line: Option<u64>,
     value: Value,
+}
+
+/// A document as read: the items of a `List` of kinds sluice does not use are cut down to their
+/// `apiVersion` and `kind` while they are read, so that a dump of a whole cluster holds only the
+/// objects sluice uses.
+struct Trimmed(Value);
+
+impl<'de> Deserialize<'de> for Trimmed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(TrimVisitor { items: false })
+            .map(Trimmed)
+    }
+}
+
+/// A document's `items`.
+struct ListItems(Value);
+
+impl<'de> Deserialize<'de> for ListItems {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(TrimVisitor { items: true })
+            .map(ListItems)
+    }
+}
+
+/// Builds a [`Value`] like `Value`'s own visitor, except for a document's `items` sequence.
+struct TrimVisitor {
+    items: bool,
+}
+
+impl<'de> de::Visitor<'de> for TrimVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML or JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        if !self.items {
+            return Value::deserialize(de::value::SeqAccessDeserializer::new(seq));
+        }
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element::<Value>()? {
+            items.push(trim_unused(item));
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        if self.items {
+            return Value::deserialize(de::value::MapAccessDeserializer::new(map));
+        }
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = if key == "items" {
+                map.next_value::<ListItems>()?.0
+            } else {
+                map.next_value()?
+            };
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
+}
+
+/// An object of a kind sluice does not use, reduced to what says so.
+fn trim_unused(item: Value) -> Value {
+    match header(&item) {
+        Ok((api_version, kind)) if kind_of(api_version, kind).is_none() => {
+            serde_json::json!({"apiVersion": api_version, "kind": kind})
+        }
+        _ => item,
+    }
 }
 
 /// Where an object sits in a file, for messages.
@@ -916,17 +1137,29 @@ async fn follow(
     }
 }
 
-/// File I/O blocks, so it runs on the blocking pool; the source goes there and comes back.
+/// File I/O blocks, so it runs on a thread of its own, with a stack deep enough for the
+/// parsers' recursion at [`MAX_DEPTH`]; the source goes there and comes back.
 async fn off_thread(
     mut source: DirectorySource,
     load: impl FnOnce(&mut DirectorySource) -> Load + Send + 'static,
 ) -> Option<(DirectorySource, Load)> {
     let dir = source.dir.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        let batch = load(&mut source);
-        (source, batch)
-    });
-    match task.await {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("sluice-files".into())
+        .stack_size(PARSE_STACK_BYTES)
+        .spawn(move || {
+            let batch = load(&mut source);
+            // Fails only when sluice is stopping and nobody waits.
+            let _ = done.send((source, batch));
+        });
+    let outcome = match spawned {
+        Ok(_) => result
+            .await
+            .map_err(|_| "the loading thread panicked".to_owned()),
+        Err(error) => Err(format!("cannot start a thread to read them: {error}")),
+    };
+    match outcome {
         Ok(done) => Some(done),
         Err(error) => {
             tracing::error!(dir = %dir.display(), "loading manifests failed ({error}); manifest changes are no longer followed");
@@ -1344,6 +1577,154 @@ spec:
             DirectorySource::new(file),
             Err(FileSourceError::NotADirectory { .. })
         ));
+    }
+
+    fn only_error(batch: &Load) -> String {
+        assert_eq!(batch.errors.len(), 1, "{:?}", batch.errors);
+        batch.errors[0].to_string()
+    }
+
+    #[test]
+    fn ten_thousand_documents_in_one_file_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let documents: Vec<String> = (0..10_000)
+            .map(|n| SERVICE.replace("name: web", &format!("name: web-{n}")))
+            .collect();
+        write(dir.path(), "all.yaml", &documents.join("---\n"));
+        let batch = DirectorySource::new(dir.path()).unwrap().load_all();
+        assert!(batch.errors.is_empty(), "{:?}", batch.errors);
+        assert_eq!(batch.events.len(), 10_000);
+    }
+
+    #[test]
+    fn a_list_dump_keeps_the_used_items_and_counts_every_item() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = serde_saphyr::from_str::<Value>(SERVICE).unwrap();
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}});
+        let bad = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "bad"}, "spec": {"ports": "eighty"}});
+        // kubectl writes the keys in this order: items before kind.
+        let dump = serde_json::json!({"apiVersion": "v1", "items": [pod, service, pod, bad],
+            "kind": "List", "metadata": {"resourceVersion": ""}});
+        write(
+            dir.path(),
+            "dump.yaml",
+            &serde_saphyr::to_string(&dump).unwrap(),
+        );
+        write(
+            dir.path(),
+            "dump.json",
+            &dump.to_string().replace("\"web\"", "\"web2\""),
+        );
+        let batch = DirectorySource::new(dir.path()).unwrap().load_all();
+        assert_eq!(
+            upserted(&batch),
+            ["Service/default/web", "Service/default/web2"]
+        );
+        assert_eq!(batch.errors.len(), 2, "{:?}", batch.errors);
+        for error in &batch.errors {
+            assert!(
+                error.to_string().contains("Service \"bad\"")
+                    && error.to_string().contains("items[3]: spec.ports"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_and_keeps_what_the_file_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "web.yaml", SERVICE);
+        let mut source = DirectorySource::new(dir.path()).unwrap();
+        source.load_all();
+        let mut bomb = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\n");
+        bomb.push_str("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (level, previous) in ('b'..='j').zip('a'..) {
+            let aliases = vec![format!("*{previous}"); 10].join(", ");
+            bomb.push_str(&format!("{level}: &{level} [{aliases}]\n"));
+        }
+        fs::write(&path, bomb).unwrap();
+        let batch = source.reload(std::slice::from_ref(&path));
+        let shown = only_error(&batch);
+        assert!(
+            shown.contains("not valid YAML") && shown.contains("aliases may expand"),
+            "{shown}"
+        );
+        assert!(batch.events.is_empty(), "{:?}", batch.events);
+        assert_eq!(batch.kept.len(), 1);
+    }
+
+    /// Runs `test` on a thread with the stack the file source reads on.
+    fn with_parse_stack(test: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn(test)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        with_parse_stack(deep_nesting_is_refused_on_a_parse_stack);
+    }
+
+    fn deep_nesting_is_refused_on_a_parse_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let depth = 100_000;
+        write(
+            dir.path(),
+            "deep.json",
+            &format!("{}{}", "[".repeat(depth), "]".repeat(depth)),
+        );
+        let batch = DirectorySource::new(dir.path()).unwrap().load_all();
+        let shown = only_error(&batch);
+        assert!(
+            shown.contains("not valid JSON") && shown.contains("nest at most"),
+            "{shown}"
+        );
+        fs::remove_file(dir.path().join("deep.json")).unwrap();
+        write(
+            dir.path(),
+            "deep.yaml",
+            &format!("{}{}", "[".repeat(depth), "]".repeat(depth)),
+        );
+        let batch = DirectorySource::new(dir.path()).unwrap().load_all();
+        let shown = only_error(&batch);
+        assert!(
+            shown.contains("not valid YAML") && shown.contains("nest at most"),
+            "{shown}"
+        );
+        let block: String = (0..1_000)
+            .map(|n| format!("{}a:\n", " ".repeat(n)))
+            .collect();
+        write(dir.path(), "deep.yaml", &block);
+        let batch = DirectorySource::new(dir.path()).unwrap().load_all();
+        let shown = only_error(&batch);
+        assert!(
+            shown.contains("not valid YAML") && shown.contains("nest at most"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "big.yaml", SERVICE);
+        let mut source = DirectorySource::new(dir.path()).unwrap();
+        source.load_all();
+        // Sparse: no disk is used, and nothing may read it.
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        let batch = source.reload(std::slice::from_ref(&path));
+        let shown = only_error(&batch);
+        assert!(shown.contains("split it into several files"), "{shown}");
+        assert_eq!(batch.kept.len(), 1, "what it held is kept");
     }
 
     #[tokio::test]

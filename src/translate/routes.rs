@@ -219,7 +219,10 @@ pub(crate) fn set_header(name: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: name.to_owned(),
-            value: value.to_owned(),
+            // Envoy reads a header value as a format string (`%REQ(x)%`, ...), and rejects the
+            // whole route configuration over a `%` that starts no command; Knative's values are
+            // literal.
+            value: value.replace('%', "%%"),
             ..Default::default()
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
@@ -499,6 +502,14 @@ spec:
         assert!(
             set(&probe.request_headers_to_add).contains(&("K-Network-Hash".into(), hash.into()))
         );
+    }
+
+    #[test]
+    fn header_values_are_literal_for_envoy() {
+        let header = set_header("x-discount", "50% off %REQ(cookie)%")
+            .header
+            .unwrap();
+        assert_eq!(header.value, "50%% off %%REQ(cookie)%%");
     }
 
     #[test]

@@ -11,7 +11,8 @@ pub use csds::{CsdsService, Served, served_to, served_to_group};
 pub use decode::to_json;
 pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, SetDigest, Snapshot, TypeUrl};
 pub use server::{
-    AdsService, ClusterLookup, Proxy, ProxyRegistry, ProxyView, SnapshotFeed, Stopping,
+    AdsService, ClusterLookup, Proxy, ProxyRegistry, ProxyView, SnapshotFeed, Stopping, XdsTls,
+    XdsTlsError,
 };
 pub use stream::{
     ClusterResources, Mode, Nack, RequestOutcome, Response, SentResource, StreamState, SyncStatus,

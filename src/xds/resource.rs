@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use envoy_types::pb::google::protobuf::Any;
 use imbl::OrdMap;
@@ -167,6 +168,8 @@ pub type ResourceMap = OrdMap<String, Arc<Resource>>;
 pub struct Snapshot {
     shared: [ResourceMap; 6],
     per_group: [[ResourceMap; 2]; 3],
+    /// When a change last reached it: where each Envoy's convergence is measured from.
+    changed_at: Option<Instant>,
 }
 
 /// One change to a snapshot: `resource: None` removes `name`.
@@ -196,7 +199,16 @@ impl Snapshot {
         }
     }
 
+    /// When a change last reached this snapshot (`None` before any).
+    pub fn changed_at(&self) -> Option<Instant> {
+        self.changed_at
+    }
+
     pub fn apply(&mut self, updates: impl IntoIterator<Item = ResourceUpdate>) {
+        let mut updates = updates.into_iter().peekable();
+        if updates.peek().is_some() {
+            self.changed_at = Some(Instant::now());
+        }
         for update in updates {
             let groups: &[Group] = match &update.groups {
                 Some(groups) => groups,

@@ -43,6 +43,86 @@ const RECONNECT_QUIET: Duration = Duration::from_millis(100);
 /// The longest a reconnecting stream waits for those requests before it answers.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
+/// TLS for the xDS port: sluice's certificate and key, and, for mutual TLS, the CA whose
+/// client certificates it accepts (an Envoy without one is refused in the handshake, before
+/// any config is sent). PEM files, read once at start.
+#[derive(Debug, Clone)]
+pub struct XdsTls {
+    pub certificate: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// Why the xDS port's TLS cannot be set up. Never quotes a file's content: one holds a key.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsTlsError {
+    #[error("cannot read the xDS TLS {what} {}: {source}; check the path and that sluice may read it", .path.display())]
+    Read {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the xDS TLS {what} {} holds no PEM {expected}; give a PEM file", .path.display())]
+    NotPem {
+        what: &'static str,
+        path: std::path::PathBuf,
+        expected: &'static str,
+    },
+    #[error("the xDS TLS certificate and key do not make a usable server identity: {0}")]
+    Identity(#[source] tonic::transport::Error),
+}
+
+impl XdsTls {
+    /// The server's TLS configuration: TLS 1.2+ and ALPN h2, as gRPC needs.
+    pub fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, XdsTlsError> {
+        use rustls_pki_types::pem::PemObject;
+        let certificate = read_pem(&self.certificate, "certificate")?;
+        if rustls_pki_types::CertificateDer::pem_slice_iter(&certificate)
+            .next()
+            .is_none_or(|c| c.is_err())
+        {
+            return Err(XdsTlsError::NotPem {
+                what: "certificate",
+                path: self.certificate.clone(),
+                expected: "certificate",
+            });
+        }
+        let key = read_pem(&self.key, "key")?;
+        if rustls_pki_types::PrivateKeyDer::from_pem_slice(&key).is_err() {
+            return Err(XdsTlsError::NotPem {
+                what: "key",
+                path: self.key.clone(),
+                expected: "private key",
+            });
+        }
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(certificate, key));
+        if let Some(path) = &self.client_ca {
+            let ca = read_pem(path, "client CA")?;
+            if rustls_pki_types::CertificateDer::pem_slice_iter(&ca)
+                .next()
+                .is_none_or(|c| c.is_err())
+            {
+                return Err(XdsTlsError::NotPem {
+                    what: "client CA",
+                    path: path.clone(),
+                    expected: "certificate",
+                });
+            }
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        Ok(config)
+    }
+}
+
+fn read_pem(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, XdsTlsError> {
+    std::fs::read(path).map_err(|source| XdsTlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// One connected Envoy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -52,6 +132,9 @@ pub struct Proxy {
     pub connected_at: SystemTime,
     pub state: Mutex<StreamState>,
 }
+
+/// Per type, since when a change sent to one Envoy waits for its ACK.
+type Converging = BTreeMap<&'static str, Instant>;
 
 impl Proxy {
     pub fn group(&self) -> Group {
@@ -279,6 +362,8 @@ impl AdsService {
             mode,
             connected_at: SystemTime::now(),
         });
+        let connected = Instant::now();
+        let mut converging = Converging::new();
         let id = self.registry.next_id.fetch_add(1, Ordering::Relaxed);
         self.registry.lock().insert(id, proxy.clone());
         self.registry.membership.fetch_add(1, Ordering::Relaxed);
@@ -286,9 +371,13 @@ impl AdsService {
         self.metrics.connected_proxies.inc();
         tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
 
-        self.handle_request(&proxy, &first);
+        self.handle_request(&proxy, &first, &mut converging);
         let reconnecting = lock(&proxy).awaits_reconnect();
-        if reconnecting && !self.await_reconnect(&proxy, &mut inbound).await {
+        if reconnecting
+            && !self
+                .await_reconnect(&proxy, &mut inbound, &mut converging)
+                .await
+        {
             self.disconnect(id, &proxy);
             return;
         }
@@ -297,7 +386,7 @@ impl AdsService {
         let mut pending = None;
         'stream: loop {
             if let Some(request) = pending.take() {
-                self.handle_request(&proxy, &request);
+                self.handle_request(&proxy, &request, &mut converging);
             }
             let snapshot = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
@@ -307,8 +396,12 @@ impl AdsService {
                 let elapsed = started.elapsed();
                 self.metrics.push_seconds.observe(elapsed.as_secs_f64());
                 tracing::debug!(node = %proxy.node_id, responses = responses.len(), micros = elapsed.as_micros() as u64, "computed responses");
+                // A change older than the stream converges from when the Envoy connected.
+                let since = snapshot
+                    .changed_at()
+                    .map_or(connected, |at| at.max(connected));
                 for response in responses {
-                    self.count_push(&response);
+                    self.count_push(&response, since, &mut converging);
                     let Some(response) = unwrap(response) else {
                         continue;
                     };
@@ -342,12 +435,13 @@ impl AdsService {
         &self,
         proxy: &Proxy,
         inbound: &mut Streaming<Req>,
+        converging: &mut Converging,
     ) -> bool {
         let deadline = Instant::now() + RECONNECT_MAX;
         loop {
             let quiet = RECONNECT_QUIET.min(deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(quiet, inbound.message()).await {
-                Ok(Ok(Some(request))) => self.handle_request(proxy, &request),
+                Ok(Ok(Some(request))) => self.handle_request(proxy, &request, converging),
                 Ok(Ok(None)) => return false,
                 Ok(Err(status)) => {
                     tracing::debug!(node = %proxy.node_id, %status, "xDS stream failed");
@@ -380,10 +474,21 @@ impl AdsService {
         tracing::info!(node = %proxy.node_id, "Envoy disconnected");
     }
 
-    fn handle_request(&self, proxy: &Proxy, request: &impl XdsRequest) {
+    fn handle_request(
+        &self,
+        proxy: &Proxy,
+        request: &impl XdsRequest,
+        converging: &mut Converging,
+    ) {
         let outcome = request.apply(&mut lock(proxy));
         if matches!(outcome, RequestOutcome::Acked | RequestOutcome::Nacked(_)) {
             self.registry.changed();
+            let type_url = TypeUrl::parse(request.type_url()).map(TypeUrl::short);
+            let waiting = type_url.and_then(|t| Some((t, converging.remove(t)?)));
+            if let (Some((type_url, since)), RequestOutcome::Acked) = (waiting, &outcome) {
+                self.metrics
+                    .record_convergence(type_url, since.elapsed().as_secs_f64());
+            }
         }
         match outcome {
             RequestOutcome::Nacked(nack) => {
@@ -405,13 +510,16 @@ impl AdsService {
         }
     }
 
-    fn count_push(&self, response: &Response) {
+    /// Counts a response, and notes since when its type waits for the Envoy's ACK (the oldest
+    /// change not ACKed yet).
+    fn count_push(&self, response: &Response, since: Instant, converging: &mut Converging) {
         let type_url = match response {
             Response::Sotw(r) => &r.type_url,
             Response::Delta(r) => &r.type_url,
         };
         if let Some(type_url) = TypeUrl::parse(type_url) {
             self.metrics.record_push(type_url.short());
+            converging.entry(type_url.short()).or_insert(since);
         }
     }
 }

@@ -49,6 +49,7 @@ pub mod sluice;
 pub mod stack;
 pub mod tls;
 pub mod traffic;
+pub mod worlds;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

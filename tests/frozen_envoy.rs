@@ -1,0 +1,149 @@
+//! A frozen Envoy (SIGSTOP) holds no one up: while it sleeps, another Envoy of the same sluice
+//! gets 20 updates, each served as it comes; woken (SIGCONT), the frozen one gets exactly the
+//! latest state, not the ones in between. Both modes, real Envoys.
+//!
+//! A stream's task sends through a bounded channel and computes its responses from the latest
+//! snapshot only, so a frozen Envoy costs sluice one stream's few buffered responses, whatever
+//! happens meanwhile.
+
+#[macro_use]
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::manifests::{self, HttpPath, Ingress, Rule, SERVICE_PORT, Split};
+use support::{Backend, Envoy, ManifestDir, Sluice, client, poll_until};
+
+const NS: &str = "default";
+const CONVERGE: Duration = Duration::from_secs(20);
+const UPDATES: usize = 20;
+
+fn ingress(n: usize) -> String {
+    Ingress::new(NS, "web")
+        .rule(
+            Rule::external(&[&host(n)]).path(HttpPath::new().split(Split::new(
+                NS,
+                "web",
+                SERVICE_PORT,
+            ))),
+        )
+        .to_yaml()
+}
+
+fn host(n: usize) -> String {
+    format!("web-{n}.example.com")
+}
+
+async fn status(addr: SocketAddr, host: &str) -> Option<u16> {
+    client::get(addr, host, "/", &[])
+        .await
+        .ok()
+        .map(|r| r.status)
+}
+
+async fn wait_status(addr: SocketAddr, host: &str, expected: u16) {
+    let reached = poll_until(CONVERGE, async || {
+        (status(addr, host).await == Some(expected)).then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "{host} via {addr} never answered {expected}"
+    );
+}
+
+fn signal(envoy: &Envoy, signal: &str) {
+    let done = std::process::Command::new("kill")
+        .args([signal, &envoy.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(done.success(), "kill {signal} failed");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+async fn a_frozen_envoy_delays_no_one_and_wakes_to_the_latest(delta: bool) {
+    let backend = Backend::start("web").await;
+    let dir = ManifestDir::new();
+    dir.write(
+        "svc.yaml",
+        &manifests::service_for("web", NS, backend.port(), "http"),
+    );
+    dir.write("web.yaml", &ingress(0));
+    let sluice = Sluice::start(dir.path());
+    sluice.wait_ready().await;
+    // The roles give each Envoy its own listeners (so they do not share ports); an external
+    // host is served on both.
+    let active = Envoy::start(&sluice.bootstrap(
+        "active",
+        Some("gloo-system~knative-external-proxy"),
+        delta,
+    ));
+    let frozen = Envoy::start(&sluice.bootstrap(
+        "frozen",
+        Some("gloo-system~knative-internal-proxy"),
+        delta,
+    ));
+    active.wait_ready().await;
+    frozen.wait_ready().await;
+    wait_status(sluice.http_addr(), &host(0), 200).await;
+    wait_status(sluice.internal_http_addr(), &host(0), 200).await;
+
+    signal(&frozen, "-STOP");
+    let rss_before = rss_kib(sluice.pid());
+    let mut took = Vec::new();
+    for n in 1..=UPDATES {
+        let started = Instant::now();
+        dir.write("web.yaml", &ingress(n));
+        wait_status(sluice.http_addr(), &host(n), 200).await;
+        took.push(started.elapsed());
+        wait_status(sluice.http_addr(), &host(n - 1), 404).await;
+    }
+    took.sort();
+    eprintln!(
+        "the active Envoy served each of {UPDATES} updates after {:?} (median), {:?} (max); \
+         sluice's RSS {} KiB before, {} KiB after",
+        took[UPDATES / 2],
+        took[UPDATES - 1],
+        rss_before,
+        rss_kib(sluice.pid())
+    );
+
+    signal(&frozen, "-CONT");
+    wait_status(sluice.internal_http_addr(), &host(UPDATES), 200).await;
+    for n in [0, 1, UPDATES / 2, UPDATES - 1] {
+        wait_status(sluice.internal_http_addr(), &host(n), 404).await;
+    }
+    // Both settled, on the same versions of what they share.
+    let settled = poll_until(CONVERGE, async || {
+        let proxies = sluice.admin_get("/debug/proxies").await.json();
+        let proxies = proxies.as_array()?.clone();
+        let synced = proxies.len() == 2
+            && proxies.iter().all(|p| {
+                p["types"]
+                    .as_object()
+                    .is_some_and(|types| types.values().all(|t| t["sync"] == "SYNCED"))
+            });
+        synced.then_some(proxies)
+    })
+    .await
+    .expect("both Envoys settle with everything ACKed");
+    for shared in ["CDS", "EDS", "RDS"] {
+        assert_eq!(
+            settled[0]["types"][shared]["acked_version"],
+            settled[1]["types"][shared]["acked_version"],
+            "{shared}: {settled:?}"
+        );
+    }
+}
+
+in_both_modes!(a_frozen_envoy_delays_no_one_and_wakes_to_the_latest);
