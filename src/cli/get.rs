@@ -6,7 +6,7 @@ use sluice::knative::Visibility;
 use sluice::status::IngressView;
 
 use super::output::{self, Output, Table, or_dash};
-use super::{Proxy, SYSTEM_NAMESPACE, Target};
+use super::{Namespaces, Proxy, SYSTEM_NAMESPACE, Target};
 
 #[derive(Debug, Subcommand)]
 pub enum GetCommand {
@@ -46,17 +46,8 @@ pub enum GetCommand {
 pub struct IngressArgs {
     #[command(flatten)]
     target: Target,
-    /// Only ingresses in this namespace.
-    #[arg(
-        short,
-        long,
-        default_value = "default",
-        conflicts_with = "all_namespaces"
-    )]
-    namespace: String,
-    /// Ingresses of every namespace, with a NAMESPACE column.
-    #[arg(short = 'A', long)]
-    all_namespaces: bool,
+    #[command(flatten)]
+    namespaces: Namespaces,
     /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -84,12 +75,10 @@ pub async fn run(command: GetCommand) -> anyhow::Result<()> {
 
 async fn ingress(args: IngressArgs) -> anyhow::Result<()> {
     let backend = args.target.connect(SYSTEM_NAMESPACE).await?;
-    let views: Vec<IngressView> = backend
-        .ingresses((!args.all_namespaces).then_some(args.namespace.as_str()))
-        .await?;
+    let views: Vec<IngressView> = backend.ingresses(args.namespaces.only()).await?;
     let now = jiff::Timestamp::now();
     output::print(args.output, &views, || {
-        ingress_table(&views, args.all_namespaces, now)
+        ingress_table(&views, args.namespaces.all, now)
     })
 }
 

@@ -63,6 +63,28 @@ impl ClusterArgs {
     }
 }
 
+/// Which namespaces a listing covers: kubectl's `-n NS` and `-A`.
+#[derive(Debug, Clone, Args)]
+pub struct Namespaces {
+    /// Only this namespace.
+    #[arg(short, long, default_value = "default", conflicts_with = "all")]
+    namespace: String,
+    /// Every namespace, with a NAMESPACE column.
+    #[arg(short = 'A', long = "all-namespaces")]
+    pub all: bool,
+}
+
+impl Namespaces {
+    /// The one namespace asked for, or `None` for all of them.
+    pub fn only(&self) -> Option<&str> {
+        (!self.all).then_some(self.namespace.as_str())
+    }
+
+    pub fn includes(&self, namespace: &str) -> bool {
+        self.all || namespace == self.namespace
+    }
+}
+
 /// Where the control plane is: a local one, or a cluster's.
 ///
 /// `--admin-addr` picks a local control plane, `--kubeconfig` or `--context` a cluster. With

@@ -8,23 +8,14 @@ use sluice::routes::status::RouteView;
 
 use super::get::age;
 use super::output::{self, Output, Table, or_dash};
-use super::{SYSTEM_NAMESPACE, Target};
+use super::{Namespaces, SYSTEM_NAMESPACE, Target};
 
 #[derive(Debug, Args)]
 pub struct RouteArgs {
     #[command(flatten)]
     target: Target,
-    /// Only Routes in this namespace.
-    #[arg(
-        short,
-        long,
-        default_value = "default",
-        conflicts_with = "all_namespaces"
-    )]
-    namespace: String,
-    /// Routes of every namespace, with a NAMESPACE column.
-    #[arg(short = 'A', long)]
-    all_namespaces: bool,
+    #[command(flatten)]
+    namespaces: Namespaces,
     /// table for people; json or yaml for programs (shapes: docs/cli.md).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -36,11 +27,11 @@ pub async fn run(args: RouteArgs) -> anyhow::Result<()> {
         .routes()
         .await?
         .into_iter()
-        .filter(|view| args.all_namespaces || view.namespace == args.namespace)
+        .filter(|view| args.namespaces.includes(&view.namespace))
         .collect();
     let now = jiff::Timestamp::now();
     output::print(args.output, &views, || {
-        table(&views, args.all_namespaces, now)
+        table(&views, args.namespaces.all, now)
     })
 }
 

@@ -1322,24 +1322,7 @@ mod tests {
     fn a_removed_cluster_stays_until_the_routes_stop_naming_it() {
         let snapshot = base();
         let mut stream = converged(&snapshot);
-        let mut next = snapshot.clone();
-        remove(&mut next, TypeUrl::Cluster, "a");
-        remove(&mut next, TypeUrl::ClusterLoadAssignment, "a");
-        put(
-            &mut next,
-            resource(TypeUrl::Cluster, "b", 1, &[]),
-            TypeUrl::Cluster,
-        );
-        put(
-            &mut next,
-            resource(TypeUrl::ClusterLoadAssignment, "b", 1, &[]),
-            TypeUrl::ClusterLoadAssignment,
-        );
-        put(
-            &mut next,
-            resource(TypeUrl::RouteConfiguration, "r", 2, &["b"]),
-            TypeUrl::RouteConfiguration,
-        );
+        let next = moved();
         let cds = sotw_responses(stream.poll(&next));
         assert_eq!(short(&cds), [("CDS", 2)], "a is kept beside b");
         ack(&mut stream, &cds[0], &[]);
@@ -1501,7 +1484,7 @@ mod tests {
     // another replica).
 
     /// `base()` after the split of route `r` moved from cluster `a` to cluster `b`, and `a`
-    /// went: what a sluice restarted after the change serves.
+    /// went (in the config; make-before-break keeps it for the Envoy a while).
     fn moved() -> Snapshot {
         let mut next = base();
         remove(&mut next, TypeUrl::Cluster, "a");
