@@ -50,6 +50,11 @@ pub fn server_names(namespace: &str) -> Vec<String> {
     ]
 }
 
+/// The last day of certificates made `today`.
+pub fn valid_until(today: jiff::civil::Date) -> jiff::civil::Date {
+    today.saturating_add(jiff::Span::new().years(VALID_YEARS))
+}
+
 /// The two Secrets, [`SERVER_SECRET`] then [`CLIENT_SECRET`], of a new CA, valid from `today`
 /// for [`VALID_YEARS`].
 pub fn generate(
@@ -57,7 +62,7 @@ pub fn generate(
     today: jiff::civil::Date,
 ) -> Result<[Secret; 2], CertificateError> {
     let fail = |what| move |source| CertificateError::Generate { what, source };
-    let until = today.saturating_add(jiff::Span::new().years(VALID_YEARS));
+    let until = valid_until(today);
     // jiff's months and days are 1..=12 and 1..=31: they fit.
     let midnight = |day: jiff::civil::Date| {
         rcgen::date_time_ymd(i32::from(day.year()), day.month() as u8, day.day() as u8)
@@ -148,36 +153,31 @@ pub async fn ensure(
     today: jiff::civil::Date,
 ) -> Result<Ensured, InstallError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut present = Vec::new();
-    for name in [SERVER_SECRET, CLIENT_SECRET] {
-        let found = api
-            .get_opt(name)
+    let exists = async |name: &str| {
+        api.get_opt(name)
             .await
+            .map(|found| found.is_some())
             .map_err(|source| InstallError::Read {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
                 source,
-            })?;
-        if found.is_some() {
-            present.push(name);
-        }
-    }
-    match present.as_slice() {
-        [] => {}
-        [_, _] => return Ok(Ensured::Existing),
-        [one] => {
+            })
+    };
+    match (exists(SERVER_SECRET).await?, exists(CLIENT_SECRET).await?) {
+        (false, false) => {}
+        (true, true) => return Ok(Ensured::Existing),
+        (server, _) => {
+            let (present, missing) = if server {
+                (SERVER_SECRET, CLIENT_SECRET)
+            } else {
+                (CLIENT_SECRET, SERVER_SECRET)
+            };
             return Err(InstallError::HalfTheXdsSecrets {
                 namespace: namespace.to_owned(),
-                present: (*one).to_owned(),
-                missing: if *one == SERVER_SECRET {
-                    CLIENT_SECRET
-                } else {
-                    SERVER_SECRET
-                }
-                .to_owned(),
+                present: present.to_owned(),
+                missing: missing.to_owned(),
             });
         }
-        _ => unreachable!("two names were looked up"),
     }
     for secret in generate(namespace, today)? {
         let name = secret.metadata.name.clone().unwrap_or_default();
@@ -196,7 +196,7 @@ pub async fn ensure(
         }
     }
     Ok(Ensured::Created {
-        until: today.saturating_add(jiff::Span::new().years(VALID_YEARS)),
+        until: valid_until(today),
     })
 }
 
@@ -218,6 +218,15 @@ mod tests {
         CertificateDer::from_pem_slice(pem).expect("a PEM certificate")
     }
 
+    fn at(day: jiff::civil::Date) -> UnixTime {
+        let seconds = day
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+            .as_second();
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds as u64))
+    }
+
     #[test]
     fn the_server_certificate_names_the_service_and_the_client_one_is_of_the_same_ca() {
         let today = jiff::civil::date(2026, 12, 2);
@@ -228,13 +237,7 @@ mod tests {
         roots.add(certificate(file(&server, CA_FILE))).unwrap();
         let roots = Arc::new(roots);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-            jiff::civil::date(2027, 6, 1)
-                .to_zoned(jiff::tz::TimeZone::UTC)
-                .unwrap()
-                .timestamp()
-                .as_second() as u64,
-        ));
+        let now = at(jiff::civil::date(2027, 6, 1));
 
         let servers = rustls::client::WebPkiServerVerifier::builder_with_provider(
             roots.clone(),
@@ -276,6 +279,12 @@ mod tests {
                 .is_err(),
             "sluice's certificate is not a client's"
         );
+        let expired = clients.verify_client_cert(
+            &certificate(file(&client, CERTIFICATE_FILE)),
+            &[],
+            at(valid_until(today).tomorrow().unwrap()),
+        );
+        assert!(expired.is_err(), "valid after {}", valid_until(today));
         for secret in [&server, &client] {
             let key = std::str::from_utf8(file(secret, KEY_FILE)).unwrap();
             assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
