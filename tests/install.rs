@@ -1,15 +1,19 @@
 //! `sluice install`: the manifests in `deploy/knative/` are exactly what `sluice install knative
-//! --dry-run` prints, the proxies' bootstraps are ones a real Envoy accepts, and the CRDs print.
+//! --dry-run` prints and hold no key, the proxies' bootstraps are ones a real Envoy accepts, an
+//! Envoy on a proxy's bootstrap reaches sluice over mutual TLS with the certificates `sluice
+//! install xds-certs` makes, mounted as the Deployments mount them, and the CRDs print.
 
 mod support;
 
 use std::path::Path;
 use std::process::Command;
 
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 
 use support::envoy::envoy_binary;
 use support::sluice::run_sluice;
+use support::{Envoy, ManifestDir, Sluice, poll_until, secs};
 
 /// The objects of a multi-document YAML text.
 fn objects(yaml: &str) -> Vec<Value> {
@@ -50,6 +54,15 @@ fn deploy_is_what_install_knative_prints() {
         printed,
         "deploy/knative is out of date: run `sluice install knative --dry-run --output-dir deploy/knative`"
     );
+    for entry in std::fs::read_dir(deploy_dir()).expect("list deploy/knative") {
+        let path = entry.expect("a deploy file").path();
+        let text = std::fs::read_to_string(&path).expect("read a deploy file");
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains("kind: Secret"),
+            "{} holds key material",
+            path.display()
+        );
+    }
     let kinds: Vec<String> = printed
         .iter()
         .map(|o| {
@@ -101,14 +114,61 @@ fn namespace_and_image_apply_everywhere() {
     assert_eq!(images, ["registry.example.com/sluice:test"]);
 }
 
+/// The Secrets `sluice install xds-certs --dry-run` prints, written out as a Secret volume
+/// would hold them: a directory per Secret, a file per key.
+fn xds_secret_volumes(dir: &Path) -> Vec<Secret> {
+    let printed = run_sluice(&["install".into(), "xds-certs".into(), "--dry-run".into()]);
+    let secrets: Vec<Secret> = serde_saphyr::from_multiple(&printed).expect("the Secrets are YAML");
+    for secret in &secrets {
+        let volume = dir.join(secret.metadata.name.as_deref().expect("a Secret's name"));
+        std::fs::create_dir_all(&volume).unwrap();
+        for (file, content) in secret.data.as_ref().expect("the Secret's data") {
+            std::fs::write(volume.join(file), &content.0).unwrap();
+        }
+    }
+    secrets
+}
+
+/// The container's text with each Secret volume's mount path replaced by that Secret's
+/// directory under `volumes` (see [`xds_secret_volumes`]).
+fn with_secret_volumes(deployment: &Value, text: &str, volumes: &Path) -> String {
+    let spec = &deployment["spec"]["template"]["spec"];
+    let mut text = text.to_owned();
+    for mount in spec["containers"][0]["volumeMounts"].as_array().unwrap() {
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("a mount's volume");
+        if let Some(secret) = volume["secret"]["secretName"].as_str() {
+            let path = volumes.join(secret);
+            text = text.replace(mount["mountPath"].as_str().unwrap(), path.to_str().unwrap());
+        }
+    }
+    text
+}
+
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
 #[test]
 fn the_proxies_bootstraps_are_valid_envoy_config() {
     let dir = support::temp_dir("sluice-install-");
-    for object in deployed() {
+    let volumes = dir.path().join("volumes");
+    xds_secret_volumes(&volumes);
+    let objects = deployed();
+    for object in &objects {
         let Some(bootstrap) = object["data"]["envoy.yaml"].as_str() else {
             continue;
         };
         let name = object["metadata"]["name"].as_str().unwrap();
+        let proxy = named(&objects, "Deployment", name.trim_end_matches("-bootstrap"));
+        let bootstrap = with_secret_volumes(proxy, bootstrap, &volumes);
         let path = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, bootstrap).unwrap();
         let output = Command::new(envoy_binary())
@@ -122,6 +182,81 @@ fn the_proxies_bootstraps_are_valid_envoy_config() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+/// The installed sluice's TLS flags and the installed external proxy's bootstrap, with the
+/// Secrets' files where the Deployments mount them and loopback for the Service's address: the
+/// certificates are used as made (the Envoy still checks that sluice's names the Service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installed_proxies_reach_the_installed_sluice_over_mutual_tls() {
+    let dir = support::temp_dir("sluice-install-mtls-");
+    let volumes = dir.path().join("volumes");
+    let secrets = xds_secret_volumes(&volumes);
+    let names: Vec<_> = secrets
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["sluice-xds-server", "sluice-xds-client"]);
+    let objects = deployed();
+
+    let sluice_deployment = named(&objects, "Deployment", "sluice");
+    let args: Vec<String> = sluice_deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| with_secret_volumes(sluice_deployment, a.as_str().unwrap(), &volumes))
+        .collect();
+    let mut tls_args = Vec::new();
+    for pair in args.windows(2) {
+        if ["--xds-tls-cert", "--xds-tls-key", "--xds-client-ca"].contains(&pair[0].as_str()) {
+            tls_args.extend([pair[0].as_str(), pair[1].as_str()]);
+        }
+    }
+    assert_eq!(tls_args.len(), 6, "sluice's TLS flags: {args:?}");
+    let manifests = ManifestDir::new();
+    let sluice = Sluice::start_with(manifests.path(), &tls_args);
+    sluice.wait_ready().await;
+
+    let proxy = named(&objects, "Deployment", "knative-external-proxy");
+    let bootstrap =
+        named(&objects, "ConfigMap", "knative-external-proxy-bootstrap")["data"]["envoy.yaml"]
+            .as_str()
+            .unwrap();
+    let service = "sluice.gloo-system.svc.cluster.local";
+    let dialed = format!("address: {service}, port_value: 9977");
+    assert!(bootstrap.contains(&dialed), "{bootstrap}");
+    let bootstrap = with_secret_volumes(proxy, bootstrap, &volumes)
+        .replace(
+            &dialed,
+            &format!(
+                "address: 127.0.0.1, port_value: {}",
+                sluice.xds_addr().port()
+            ),
+        )
+        .replace("port_value: 19000", "port_value: 0");
+    assert!(
+        bootstrap.contains(&format!("sni: \"{service}\"")),
+        "{bootstrap}"
+    );
+    let envoy = Envoy::start_with(&bootstrap, &["--service-node", "external-pod-0"]);
+    envoy.wait_ready().await;
+    let connected = poll_until(secs(20), async || {
+        let proxies = sluice.admin_get("/debug/proxies").await.body;
+        proxies.contains("external-pod-0").then_some(())
+    })
+    .await;
+    assert!(
+        connected.is_some(),
+        "the Envoy is not among sluice's proxies"
+    );
+    let stats = envoy
+        .admin_get("/stats?filter=listener_manager.lds.update_success")
+        .await
+        .body;
+    assert!(
+        !stats.contains("update_success: 0"),
+        "the Envoy got no listeners: {stats}"
+    );
 }
 
 #[test]

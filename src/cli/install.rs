@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use sluice::install::{self, knative};
+use sluice::install::{self, certs, knative};
 
 use super::ClusterArgs;
 
@@ -19,9 +19,28 @@ pub enum InstallCommand {
     /// sluice beside its two Envoy proxies in a Knative cluster: the namespace, sluice's
     /// Deployment (2 replicas) and Service, the Deployments, Services and bootstraps of
     /// knative-external-proxy and knative-internal-proxy, least-privilege RBAC, and Knative
-    /// Serving's config-network selecting sluice's ingress class. Without --dry-run it applies
-    /// them and waits until the Deployments are available.
+    /// Serving's config-network selecting sluice's ingress class. xDS is mutual TLS with the
+    /// certificates of the Secrets sluice-xds-server and sluice-xds-client: without --dry-run
+    /// it makes them as `install xds-certs` does, applies the rest and waits until the
+    /// Deployments are available. The --dry-run manifests name the Secrets and hold no key.
     Knative(KnativeArgs),
+    /// The certificates of xDS over mutual TLS: a new CA, and the Secrets sluice-xds-server
+    /// (sluice's certificate for its Service's names, with its key and the CA) and
+    /// sluice-xds-client (the proxies' client certificate, key and CA), made only when neither
+    /// exists: Secrets already there, e.g. from cert-manager, are never changed.
+    XdsCerts(XdsCertArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct XdsCertArgs {
+    /// Print the Secrets, private keys included, instead of creating them.
+    #[arg(long)]
+    dry_run: bool,
+    /// The namespace of sluice and its proxies.
+    #[arg(long, short = 'n', default_value = "gloo-system")]
+    namespace: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -79,7 +98,49 @@ pub async fn run(command: InstallCommand) -> anyhow::Result<()> {
             Ok(())
         }
         InstallCommand::Knative(args) => knative(args).await,
+        InstallCommand::XdsCerts(args) => xds_certs(args).await,
     }
+}
+
+fn today() -> jiff::civil::Date {
+    jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+}
+
+async fn xds_certs(args: XdsCertArgs) -> anyhow::Result<()> {
+    if args.dry_run {
+        eprintln!(
+            "note: these Secrets hold private keys; keep the output where only the cluster's \
+             administrators can read it"
+        );
+        print!(
+            "{}",
+            install::to_yaml(&certs::generate(&args.namespace, today())?)
+        );
+        return Ok(());
+    }
+    let client = args.cluster.client().await?;
+    let options = knative::KnativeInstall {
+        namespace: args.namespace.clone(),
+        ..knative::KnativeInstall::default()
+    };
+    install::apply(&client, &[knative::namespace(&options)]).await?;
+    ensure_xds_certs(&client, &args.namespace).await
+}
+
+async fn ensure_xds_certs(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
+    let secrets = format!("{} and {}", certs::SERVER_SECRET, certs::CLIENT_SECRET);
+    match certs::ensure(client, namespace, today()).await? {
+        certs::Ensured::Created { until } => println!(
+            "created the Secrets {secrets} in namespace {namespace}: a new CA, valid until \
+             {until}"
+        ),
+        certs::Ensured::Existing => {
+            println!("the Secrets {secrets} exist in namespace {namespace}; left as they are")
+        }
+    }
+    Ok(())
 }
 
 async fn knative(args: KnativeArgs) -> anyhow::Result<()> {
@@ -93,6 +154,13 @@ async fn knative(args: KnativeArgs) -> anyhow::Result<()> {
     }
     let parts = knative::manifests(&options);
     if args.dry_run {
+        eprintln!(
+            "note: sluice and its proxies mount the Secrets {} and {}; make them with \
+             `sluice install xds-certs -n {}` or cert-manager (docs/security.md)",
+            certs::SERVER_SECRET,
+            certs::CLIENT_SECRET,
+            args.namespace
+        );
         match args.output_dir {
             Some(dir) => write_parts(&dir, &parts)?,
             None => {
@@ -119,10 +187,16 @@ async fn knative(args: KnativeArgs) -> anyhow::Result<()> {
             objects.push(object);
         }
     }
-    install::apply(&client, &objects).await?;
+    // The namespace first, then the Secrets, so that no pod starts without its certificates.
+    let (namespaces, rest): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|object| object["kind"] == "Namespace");
+    install::apply(&client, &namespaces).await?;
+    ensure_xds_certs(&client, &args.namespace).await?;
+    install::apply(&client, &rest).await?;
     println!(
         "applied {} objects in namespace {}",
-        objects.len(),
+        namespaces.len() + rest.len(),
         args.namespace
     );
     let deployments = ["sluice", knative::EXTERNAL_PROXY, knative::INTERNAL_PROXY];

@@ -1,11 +1,13 @@
 //! sluice in a Knative cluster, as Gloo ran it: namespace `gloo-system`, two sluice replicas and
 //! the two Envoy deployments `knative-external-proxy` and `knative-internal-proxy`, the
 //! least-privilege RBAC sluice needs, and Knative Serving's `config-network` pointing at sluice.
-//! `deploy/knative/` holds this output for the defaults.
+//! xDS is mutual TLS, with certificates from Secrets the manifests only name (see [`certs`]), so
+//! that they hold no key. `deploy/knative/` holds this output for the defaults.
 
 use serde_json::{Value, json};
 
-use crate::bootstrap::{self, BootstrapConfig};
+use super::certs;
+use crate::bootstrap::{self, BootstrapConfig, BootstrapTls};
 
 /// The ingress class Knative Serving is told to use.
 pub const INGRESS_CLASS: &str = "sluice.ingress.networking.knative.dev";
@@ -21,6 +23,10 @@ pub const ENVOY_ADMIN_PORT: u16 = 19000;
 /// The Envoy listeners' ports: each proxy gets only its own listeners, so both use these.
 const HTTP_PORT: u16 = 8080;
 const HTTPS_PORT: u16 = 8443;
+/// Where sluice and the proxies find their xDS Secret's files. Not under the proxies'
+/// `/etc/envoy`: a mount inside a read-only ConfigMap volume needs a directory the runtime
+/// cannot make there.
+pub const XDS_CERT_DIR: &str = "/etc/sluice-xds";
 const ENVOY_IMAGE: &str = "envoyproxy/envoy:v1.40.0";
 /// Knative Serving's namespace, where its `config-network` lives.
 const SERVING_NAMESPACE: &str = "knative-serving";
@@ -82,7 +88,8 @@ fn labels(component: &str) -> Value {
     })
 }
 
-fn namespace(install: &KnativeInstall) -> Value {
+/// The namespace of sluice and its proxies.
+pub fn namespace(install: &KnativeInstall) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -167,6 +174,18 @@ fn locked_down() -> Value {
     })
 }
 
+fn xds_cert_file(file: &str) -> String {
+    format!("{XDS_CERT_DIR}/{file}")
+}
+
+/// The volume of an xDS Secret and its read-only mount at [`XDS_CERT_DIR`].
+fn xds_cert_volume(secret: &str) -> (Value, Value) {
+    (
+        json!({"name": "xds-tls", "secret": {"secretName": secret}}),
+        json!({"name": "xds-tls", "mountPath": XDS_CERT_DIR, "readOnly": true}),
+    )
+}
+
 fn field_env(name: &str, path: &str) -> Value {
     json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
 }
@@ -187,7 +206,14 @@ fn sluice(install: &KnativeInstall) -> Vec<Value> {
         HTTP_PORT.to_string(),
         "--internal-https-port".to_owned(),
         HTTPS_PORT.to_string(),
+        "--xds-tls-cert".to_owned(),
+        xds_cert_file(certs::CERTIFICATE_FILE),
+        "--xds-tls-key".to_owned(),
+        xds_cert_file(certs::KEY_FILE),
+        "--xds-client-ca".to_owned(),
+        xds_cert_file(certs::CA_FILE),
     ];
+    let (volume, mount) = xds_cert_volume(certs::SERVER_SECRET);
     if install.serve_routes {
         args.push("--serve-routes".to_owned());
     }
@@ -221,7 +247,9 @@ fn sluice(install: &KnativeInstall) -> Vec<Value> {
                             "readinessProbe": probe("/readyz"),
                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
                             "securityContext": locked_down(),
+                            "volumeMounts": [mount],
                         }],
+                        "volumes": [volume],
                     },
                 },
             },
@@ -245,7 +273,13 @@ fn sluice(install: &KnativeInstall) -> Vec<Value> {
 fn proxy(install: &KnativeInstall, name: &str, service_type: &str) -> Vec<Value> {
     let ns = &install.namespace;
     let bootstrap = bootstrap::render(&BootstrapConfig {
-        tls: None,
+        tls: Some(BootstrapTls {
+            ca: xds_cert_file(certs::CA_FILE),
+            client: Some((
+                xds_cert_file(certs::CERTIFICATE_FILE),
+                xds_cert_file(certs::KEY_FILE),
+            )),
+        }),
         xds_addr: format!("sluice.{ns}.svc.cluster.local:{XDS_PORT}"),
         node_id: name.to_owned(),
         role: Some(format!("{ns}~{name}")),
@@ -253,6 +287,7 @@ fn proxy(install: &KnativeInstall, name: &str, service_type: &str) -> Vec<Value>
         delta: true,
     })
     .expect("the install's addresses are HOST:PORT");
+    let (xds_volume, xds_mount) = xds_cert_volume(certs::CLIENT_SECRET);
     vec![
         json!({
             "apiVersion": "v1",
@@ -291,9 +326,15 @@ fn proxy(install: &KnativeInstall, name: &str, service_type: &str) -> Vec<Value>
                             "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 2},
                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
                             "securityContext": locked_down(),
-                            "volumeMounts": [{"name": "bootstrap", "mountPath": "/etc/envoy", "readOnly": true}],
+                            "volumeMounts": [
+                                {"name": "bootstrap", "mountPath": "/etc/envoy", "readOnly": true},
+                                xds_mount,
+                            ],
                         }],
-                        "volumes": [{"name": "bootstrap", "configMap": {"name": format!("{name}-bootstrap")}}],
+                        "volumes": [
+                            {"name": "bootstrap", "configMap": {"name": format!("{name}-bootstrap")}},
+                            xds_volume,
+                        ],
                     },
                 },
             },

@@ -1,7 +1,9 @@
 //! What `sluice install` puts in a cluster: the Knative ingress CRDs and Serving's Route and
 //! Configuration CRDs, generated from sluice's own types, and sluice itself beside its Envoys
-//! ([`knative`]); printed as YAML, or applied with server-side apply.
+//! ([`knative`]), with the certificates of xDS over mutual TLS ([`certs`]); printed as YAML, or
+//! applied with server-side apply.
 
+pub mod certs;
 pub mod knative;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -39,6 +41,25 @@ pub enum InstallError {
         name: String,
         source: kube::Error,
     },
+    #[error("creating {kind} {namespace}/{name} failed: {source}")]
+    Create {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "Secret {namespace}/{present} exists but {namespace}/{missing} does not, and a new CA \
+         would not match the one there: create {missing} with a certificate of the CA in \
+         {present}'s ca.crt, or delete {present} so that both are made anew"
+    )]
+    HalfTheXdsSecrets {
+        namespace: String,
+        present: String,
+        missing: String,
+    },
+    #[error(transparent)]
+    Certificate(#[from] certs::CertificateError),
     #[error(
         "not available after {seconds} s: {}; see `kubectl -n {namespace} describe deployment` \
          and the pods' events (image pulls, scheduling, probes)",

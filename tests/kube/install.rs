@@ -1,9 +1,14 @@
 //! `sluice install knative` against the API server, and sluice running with exactly the RBAC it
 //! installs: a ServiceAccount token, not an administrator.
 
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::json;
 use sluice::install::knative::{KnativeInstall, manifests};
 use sluice::knative::{IngressResource, RouteResource};
@@ -63,6 +68,72 @@ pub async fn install_knative(_shared: &'static Cluster) {
         );
     }
     assert!(output.contains("config-network was not set"), "{output}");
+    assert!(
+        output.contains("created the Secrets sluice-xds-server and sluice-xds-client"),
+        "{output}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(cluster.client().await, namespace);
+    let server = secrets
+        .get("sluice-xds-server")
+        .await
+        .expect("the server Secret");
+    let client = secrets
+        .get("sluice-xds-client")
+        .await
+        .expect("the client Secret");
+    verify_xds_certificates(&server, &client, namespace);
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client().await, namespace);
+    let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client().await, namespace);
+    let sluice = deployments
+        .get("sluice")
+        .await
+        .expect("sluice's Deployment");
+    let args = container(&sluice)
+        .args
+        .clone()
+        .unwrap_or_default()
+        .join(" ");
+    assert!(
+        args.contains(
+            "--xds-tls-cert /etc/sluice-xds/tls.crt --xds-tls-key /etc/sluice-xds/tls.key \
+             --xds-client-ca /etc/sluice-xds/ca.crt"
+        ),
+        "{args}"
+    );
+    assert_eq!(
+        mounted_secret(&sluice, "/etc/sluice-xds"),
+        "sluice-xds-server"
+    );
+    for proxy in ["knative-external-proxy", "knative-internal-proxy"] {
+        let deployment = deployments.get(proxy).await.expect("a proxy's Deployment");
+        assert_eq!(
+            mounted_secret(&deployment, "/etc/sluice-xds"),
+            "sluice-xds-client"
+        );
+        let bootstrap = configmaps
+            .get(&format!("{proxy}-bootstrap"))
+            .await
+            .expect("a proxy's bootstrap")
+            .data
+            .unwrap()["envoy.yaml"]
+            .clone();
+        for expected in [
+            "trusted_ca: {filename: \"/etc/sluice-xds/ca.crt\"}",
+            "certificate_chain: {filename: \"/etc/sluice-xds/tls.crt\"}",
+            "private_key: {filename: \"/etc/sluice-xds/tls.key\"}",
+            &format!("matcher: {{exact: \"sluice.{namespace}.svc.cluster.local\"}}"),
+        ] {
+            assert!(bootstrap.contains(expected), "{proxy}: {bootstrap}");
+        }
+    }
+    for configmap in configmaps.list(&Default::default()).await.unwrap() {
+        let text = serde_json::to_string(&configmap.data).unwrap();
+        assert!(
+            !text.contains("PRIVATE KEY"),
+            "ConfigMap {:?} holds a key",
+            configmap.metadata.name
+        );
+    }
 
     let applier = crate::support::cluster::Applier::new(cluster.client().await).await;
     let expected = manifests(&KnativeInstall {
@@ -95,6 +166,141 @@ pub async fn install_knative(_shared: &'static Cluster) {
         network.data.unwrap()["ingress-class"],
         "sluice.ingress.networking.knative.dev"
     );
+    // The Secrets made the first time stay as they are.
+    assert!(output.contains("left as they are"), "{output}");
+    for before in [&server, &client] {
+        let name = before.metadata.name.as_deref().unwrap();
+        let after = secrets.get(name).await.unwrap();
+        assert_eq!(after.data, before.data, "{name} was changed");
+        assert_eq!(
+            after.metadata.resource_version, before.metadata.resource_version,
+            "{name} was written again"
+        );
+    }
+
+    // One without the other is refused: a new CA could not match the one that is there.
+    secrets
+        .delete("sluice-xds-client", &DeleteParams::default())
+        .await
+        .expect("delete the client Secret");
+    let (ok, output) = tokio::task::spawn_blocking(move || {
+        run(&[
+            "install",
+            "xds-certs",
+            "--kubeconfig",
+            &kubeconfig,
+            "--namespace",
+            namespace,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!(
+            "Secret {namespace}/sluice-xds-server exists but {namespace}/sluice-xds-client does not"
+        )),
+        "{output}"
+    );
+    assert!(
+        secrets
+            .get_opt("sluice-xds-client")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        secrets.get("sluice-xds-server").await.unwrap().data,
+        server.data
+    );
+}
+
+fn container(deployment: &Deployment) -> &k8s_openapi::api::core::v1::Container {
+    &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+}
+
+/// The name of the Secret whose volume the Deployment's container mounts at `path`.
+fn mounted_secret(deployment: &Deployment, path: &str) -> String {
+    let spec = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let mount = container(deployment)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == path)
+        .unwrap_or_else(|| panic!("nothing mounted at {path}"));
+    assert_eq!(mount.read_only, Some(true));
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("the mount's volume");
+    volume
+        .secret
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .expect("a Secret volume")
+}
+
+/// Both Secrets are `kubernetes.io/tls` of one CA; sluice's certificate is a server's for
+/// every name of its Service, the proxies' a client's, as rustls (sluice's side) checks them.
+fn verify_xds_certificates(server: &Secret, client: &Secret, namespace: &str) {
+    use rustls::client::danger::ServerCertVerifier;
+    let file = |secret: &Secret, name: &str| secret.data.as_ref().unwrap()[name].0.clone();
+    let certificate =
+        |pem: Vec<u8>| CertificateDer::from_pem_slice(&pem).expect("a PEM certificate");
+    for secret in [server, client] {
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        let key = String::from_utf8(file(secret, "tls.key")).unwrap();
+        assert!(key.contains("PRIVATE KEY"), "{:?}", secret.metadata.name);
+    }
+    assert_eq!(file(server, "ca.crt"), file(client, "ca.crt"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certificate(file(server, "ca.crt"))).unwrap();
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let servers = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    for name in [
+        "sluice".to_owned(),
+        format!("sluice.{namespace}"),
+        format!("sluice.{namespace}.svc"),
+        format!("sluice.{namespace}.svc.cluster.local"),
+    ] {
+        servers
+            .verify_server_cert(
+                &certificate(file(server, "tls.crt")),
+                &[],
+                &ServerName::try_from(name.clone()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap_or_else(|e| panic!("sluice's certificate for {name}: {e}"));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+        .build()
+        .unwrap()
+        .verify_client_cert(&certificate(file(client, "tls.crt")), &[], UnixTime::now())
+        .expect("the proxies' certificate is a client's of the CA");
 }
 
 pub async fn install_crds_leaves_foreign_ones(cluster: &'static Cluster) {
