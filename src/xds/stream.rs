@@ -914,9 +914,12 @@ impl StreamState {
             return None;
         }
         let available = snapshot.resources(self.group, type_url).clone();
-        let mut changed = Vec::new();
+        let mut changed: Vec<Arc<Resource>> = Vec::new();
         let mut removed = Vec::new();
-        for name in self.candidates(type_url, &available) {
+        let spread = self.mode == Mode::Delta || !type_url.is_full_state();
+        let mut bytes = 0;
+        let mut candidates = self.candidates(type_url, &available).into_iter();
+        while let Some(name) = candidates.next() {
             let desired = self.desired(type_url, &name, &available, snapshot);
             let state = &self.types[&type_url];
             match desired {
@@ -926,6 +929,16 @@ impl StreamState {
                         .get(&name)
                         .is_some_and(|held| held.version == resource.version);
                     if !unchanged || state.force.contains(&name) {
+                        bytes += resource.body.value.len();
+                        if spread && bytes > MAX_RESPONSE_BYTES && !changed.is_empty() {
+                            // The rest waits for this response's ACK, unexamined: looking at
+                            // every remaining name once per response would cost the square of
+                            // a large change.
+                            let state = self.types.get_mut(&type_url)?;
+                            state.recheck.insert(name);
+                            state.recheck.extend(candidates);
+                            break;
+                        }
                         changed.push(resource);
                     }
                 }
@@ -938,13 +951,6 @@ impl StreamState {
                     }
                 }
             }
-        }
-        if self.mode == Mode::Delta || !type_url.is_full_state() {
-            let later = split_off_beyond(&mut changed, MAX_RESPONSE_BYTES);
-            self.types
-                .get_mut(&type_url)?
-                .recheck
-                .extend(later.into_iter().map(|r| r.name.clone()));
         }
         let state = self.types.get_mut(&type_url)?;
         // Envoy waits for the first LDS and CDS (and SRDS) answer before it starts serving, so
@@ -1097,20 +1103,6 @@ impl StreamState {
 /// it sent, so one response with everything a fleet-wide Envoy needs at start (megabytes at
 /// 1,000 ingresses) stayed allocated for every connected Envoy.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-
-/// Keeps in `resources` a prefix whose bodies fit in `budget` bytes (at least one resource)
-/// and returns the rest.
-fn split_off_beyond(resources: &mut Vec<Arc<Resource>>, budget: usize) -> Vec<Arc<Resource>> {
-    let mut total = 0;
-    let fits = resources
-        .iter()
-        .take_while(|resource| {
-            total += resource.body.value.len();
-            total <= budget
-        })
-        .count();
-    resources.split_off(fits.max(1).min(resources.len()))
-}
 
 /// A type is NACKED while its last response is the rejected one: any later response changes
 /// the last nonce, and is then either in flight, ACKed or itself the last NACK.
