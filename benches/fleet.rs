@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -295,7 +296,11 @@ fn node(index: usize, role: &str) -> Node {
     }
 }
 
+/// How often a client starts its stream again before it gives up.
+const RECONNECTS: usize = 20;
+
 struct Shared {
+    reconnects: AtomicUsize,
     decoded: Mutex<Decoded>,
     board: Board,
     round: watch::Receiver<Option<Round>>,
@@ -614,6 +619,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 struct Measured {
+    reconnects: usize,
     size: usize,
     streams: usize,
     connect_to_synced: Duration,
@@ -664,6 +670,7 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
 
     let (round_tx, round_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
+        reconnects: AtomicUsize::new(0),
         decoded: Mutex::default(),
         board: Board {
             converged: Mutex::new(vec![(usize::MAX, Instant::now()); options.streams]),
@@ -684,13 +691,20 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
         let (addr, shared) = (addr.clone(), shared.clone());
         let delta = options.delta;
         clients.spawn(async move {
-            let outcome = if delta {
-                delta_client(index, role, addr, shared).await
-            } else {
-                sotw_client(index, role, addr, shared).await
-            };
-            if let Err(status) = outcome {
-                eprintln!("stream {index}: {status}");
+            // Like Envoy, a client whose stream fails (1,000 connecting at once can overflow
+            // the listen queue) starts again, holding nothing, after a bounded back-off.
+            for attempt in 1..=RECONNECTS {
+                let outcome = if delta {
+                    delta_client(index, role, addr.clone(), shared.clone()).await
+                } else {
+                    sotw_client(index, role, addr.clone(), shared.clone()).await
+                };
+                let Err(status) = outcome else { return };
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                if attempt == RECONNECTS {
+                    eprintln!("stream {index} gave up: {status}");
+                }
+                tokio::time::sleep(Duration::from_millis(100 * attempt.min(10) as u64)).await;
             }
         });
     }
@@ -754,9 +768,10 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    clients.abort_all();
+    clients.shutdown().await;
     drop(sluice);
     Ok(Measured {
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
         size,
         streams: options.streams,
         connect_to_synced,
@@ -801,6 +816,12 @@ fn main() -> ExitCode {
                     summary(&mut result.new_ingress),
                     summary(&mut result.split),
                 );
+                if result.reconnects > 0 {
+                    eprintln!(
+                        "size {}: {} stream failures while connecting, each started again",
+                        result.size, result.reconnects
+                    );
+                }
             }
             Err(error) => {
                 eprintln!("size {size}: {error}");
