@@ -95,33 +95,41 @@ struct InFlight {
     changes: BTreeMap<String, Option<Held>>,
 }
 
-/// What the client holds of a resource: the version, and the resource itself when its content
-/// is known (a reconnecting client only tells versions, or in SotW only names).
+/// What the client holds of a resource: the resource itself when its content is known, else
+/// only its version (a reconnecting client only tells versions, or in SotW only names). A known
+/// resource's version is its own: one copy per resource, not one per stream holding it.
 #[derive(Debug, Clone)]
-struct Held {
-    version: String,
-    resource: Option<Arc<Resource>>,
+enum Held {
+    Known(Arc<Resource>),
+    /// Held at this version (empty: unknown), content unknown.
+    Unknown(String),
 }
 
 impl Held {
     fn of(resource: &Arc<Resource>) -> Held {
-        Held {
-            version: resource.version.clone(),
-            resource: Some(resource.clone()),
+        Held::Known(resource.clone())
+    }
+
+    fn unknown(version: &str) -> Held {
+        Held::Unknown(version.to_owned())
+    }
+
+    fn version(&self) -> &str {
+        match self {
+            Held::Known(resource) => &resource.version,
+            Held::Unknown(version) => version,
         }
     }
 
-    /// Held at `version` (empty: unknown), content unknown.
-    fn unknown(version: &str) -> Held {
-        Held {
-            version: version.to_owned(),
-            resource: None,
+    fn resource(&self) -> Option<&Arc<Resource>> {
+        match self {
+            Held::Known(resource) => Some(resource),
+            Held::Unknown(_) => None,
         }
     }
 
     fn references(&self) -> &[String] {
-        self.resource
-            .as_ref()
+        self.resource()
             .map(|r| r.references.as_slice())
             .unwrap_or_default()
     }
@@ -201,7 +209,7 @@ fn same(a: Option<&Held>, b: Option<&Held>) -> bool {
     match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => {
-            a.version == b.version && a.resource.is_some() == b.resource.is_some()
+            a.version() == b.version() && a.resource().is_some() == b.resource().is_some()
         }
         _ => false,
     }
@@ -580,16 +588,16 @@ impl StreamState {
             .map(|h| h.references().to_vec())
             .unwrap_or_default();
         if let (View::Sent, Some(held)) = (view, &held) {
-            state.sent_digest.toggle(name, &held.version);
+            state.sent_digest.toggle(name, held.version());
         }
         let previous = match view {
             View::Sent => state.set_sent(name, held),
             View::Acked => state.set_acked(name, held),
         };
         if let (View::Sent, Some(previous)) = (view, &previous) {
-            state.sent_digest.toggle(name, &previous.version);
+            state.sent_digest.toggle(name, previous.version());
         }
-        let unknown = |held: Option<&Held>| held.is_some_and(|h| h.resource.is_none());
+        let unknown = |held: Option<&Held>| held.is_some_and(|h| h.resource().is_none());
         let last_resolved = if unknown(state.sent.get(name)) || unknown(state.acked(name)) {
             state.unresolved.insert(name.to_owned());
             false
@@ -702,7 +710,7 @@ impl StreamState {
                 (View::Acked, state.acked(name)),
             ] {
                 let same =
-                    held.is_some_and(|h| h.resource.is_none() && h.version == resource.version);
+                    held.is_some_and(|h| h.resource().is_none() && h.version() == resource.version);
                 if same {
                     known.push((view, resource.clone()));
                 }
@@ -890,10 +898,7 @@ impl StreamState {
     /// How a cluster the snapshot no longer has stays with the client.
     fn kept_cluster(&self, name: &str) -> Want {
         match self.types[&TypeUrl::Cluster].sent.get(name) {
-            Some(Held {
-                resource: Some(resource),
-                ..
-            }) => Want::Hold(resource.clone()),
+            Some(Held::Known(resource)) => Want::Hold(resource.clone()),
             // Delta keeps a cluster by not removing it, whatever its content.
             Some(_) if self.mode == Mode::Delta => Want::Keep,
             // SotW keeps it only by sending it: with the body rebuilt on reconnect, if any.
@@ -927,7 +932,7 @@ impl StreamState {
                     let unchanged = state
                         .sent
                         .get(&name)
-                        .is_some_and(|held| held.version == resource.version);
+                        .is_some_and(|held| held.version() == resource.version);
                     if !unchanged || state.force.contains(&name) {
                         bytes += resource.body.value.len();
                         if spread && bytes > MAX_RESPONSE_BYTES && !changed.is_empty() {
@@ -993,7 +998,7 @@ impl StreamState {
                     state
                         .sent
                         .values()
-                        .filter_map(|held| held.resource.as_ref())
+                        .filter_map(Held::resource)
                         .map(|r| r.body.clone())
                         .collect()
                 } else {
@@ -1073,7 +1078,9 @@ impl StreamState {
                     .in_flight
                     .as_ref()
                     .is_some_and(|f| f.changes.contains_key(name));
-                let acked = state.acked(name).is_some_and(|a| a.version == held.version);
+                let acked = state
+                    .acked(name)
+                    .is_some_and(|a| a.version() == held.version());
                 let sync = match (in_flight, acked) {
                     (true, _) => SyncStatus::Stale,
                     (false, true) => SyncStatus::Synced,
@@ -1082,8 +1089,8 @@ impl StreamState {
                 };
                 SentResource {
                     name: name.clone(),
-                    version: held.version.clone(),
-                    resource: held.resource.clone(),
+                    version: held.version().to_owned(),
+                    resource: held.resource().cloned(),
                     sync,
                 }
             })
@@ -1093,7 +1100,7 @@ impl StreamState {
     /// The version of a resource this Envoy has ACKed.
     pub fn acked_version(&self, type_url: TypeUrl, name: &str) -> Option<&str> {
         let held = self.types.get(&type_url)?.acked(name)?;
-        Some(&held.version)
+        Some(held.version())
     }
 }
 
@@ -1318,10 +1325,10 @@ mod tests {
     fn acked_stays_what_the_client_accepted_while_other_versions_are_sent() {
         let v1 = Held::of(&resource(TypeUrl::Cluster, "a", 1, &[]));
         let v2 = Held::of(&resource(TypeUrl::Cluster, "a", 2, &[]));
-        let version = |held: Option<&Held>| held.map(|h| h.version.clone());
+        let version = |held: Option<&Held>| held.map(|h| h.version().to_owned());
         let mut state = TypeState::default();
         state.set_sent("a", Some(v1.clone()));
-        assert_eq!(state.acked("a").map(|h| h.version.clone()), None);
+        assert_eq!(state.acked("a").map(|h| h.version().to_owned()), None);
         assert_eq!(state.acked_len(), 0);
         state.set_acked("a", Some(v1.clone()));
         assert!(
@@ -1330,20 +1337,20 @@ mod tests {
         );
         assert_eq!(state.acked_len(), 1);
         state.set_sent("a", Some(v2.clone()));
-        assert_eq!(version(state.acked("a")), Some(v1.version.clone()));
+        assert_eq!(version(state.acked("a")), Some(v1.version().to_owned()));
         // Rejected: the client keeps v1 however often the sent version changes.
         state.set_sent("a", None);
-        assert_eq!(version(state.acked("a")), Some(v1.version.clone()));
+        assert_eq!(version(state.acked("a")), Some(v1.version().to_owned()));
         assert_eq!(state.acked_len(), 1);
         state.set_sent("a", Some(v1.clone()));
         assert!(state.acked_apart.is_empty());
         state.set_sent("a", Some(v2.clone()));
         let previous = state.set_acked("a", Some(v2.clone()));
-        assert_eq!(version(previous.as_ref()), Some(v1.version.clone()));
+        assert_eq!(version(previous.as_ref()), Some(v1.version().to_owned()));
         assert!(state.acked_apart.is_empty());
         // Content learnt for a version the client holds is not the same record as an unknown one.
-        state.set_acked("a", Some(Held::unknown(&v2.version)));
-        assert!(state.acked("a").is_some_and(|h| h.resource.is_none()));
+        state.set_acked("a", Some(Held::unknown(v2.version())));
+        assert!(state.acked("a").is_some_and(|h| h.resource().is_none()));
         state.set_sent("a", None);
         state.set_acked("a", None);
         assert!(state.acked_apart.is_empty());
