@@ -4,7 +4,8 @@
 For each size N it writes N ingresses (each with its own Service and Endpoints) into a fresh
 directory, starts `sluice serve` and a stock Envoy, waits until all of them are served, then
 R times renames a file with a new ingress into the directory and polls the new host through
-Envoy until it answers 200. Prints p50/p90/max per size and mode.
+Envoy until it answers 200. Prints p50/p90/max per size and mode, with sluice's RSS and Envoy's
+heap in use (its /memory `allocated`) once all are served.
 
     scripts/bench-latency.py [--sizes 1,1000,5000] [--rounds 20] [--delta]
 
@@ -13,6 +14,7 @@ Everything runs on loopback with free ports, and only the processes it started a
 
 import argparse
 import http.client
+import json
 import os
 import socket
 import statistics
@@ -95,6 +97,18 @@ def rss(pid):
     return float("nan")
 
 
+def envoy_allocated(admin_port):
+    """Envoy's heap in use (its /memory `allocated`) in MiB."""
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+    try:
+        conn.request("GET", "/memory")
+        return int(json.loads(conn.getresponse().read())["allocated"]) / 2**20
+    except (OSError, ValueError, KeyError):
+        return float("nan")
+    finally:
+        conn.close()
+
+
 def run(size, rounds, delta):
     procs = []
     try:
@@ -115,8 +129,9 @@ def run(size, rounds, delta):
                  "--http-port", str(http_port), "--internal-http-port", str(internal),
                  "--https-port", str(free_port()), "--internal-https-port", str(free_port())],
                 stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"}))
+            envoy_admin = free_port()
             args = [SLUICE, "bootstrap", "--xds-addr", f"127.0.0.1:{xds}", "--node-id", "bench",
-                    "--admin-addr", f"127.0.0.1:{free_port()}"] + (["--delta"] if delta else [])
+                    "--admin-addr", f"127.0.0.1:{envoy_admin}"] + (["--delta"] if delta else [])
             bootstrap = os.path.join(work, "envoy.yaml")
             with open(bootstrap, "w") as f:
                 f.write(subprocess.check_output(args, text=True))
@@ -130,6 +145,7 @@ def run(size, rounds, delta):
                 sys.exit(f"size {size}: the initial config was not served within 120 s")
             startup = time.monotonic() - started
             rss_mib = rss(procs[1].pid)
+            envoy_mib = envoy_allocated(envoy_admin)
             samples = []
             for r in range(rounds):
                 name = f"new-{r}"
@@ -142,7 +158,7 @@ def run(size, rounds, delta):
                     sys.exit(f"size {size}: {name} was not served within 30 s")
                 samples.append((time.monotonic() - begin) * 1000)
             samples.sort()
-            return startup, rss_mib, samples
+            return startup, rss_mib, envoy_mib, samples
     finally:
         for proc in reversed(procs):
             proc.kill()
@@ -158,12 +174,13 @@ def main():
     subprocess.check_call(["cargo", "build", "--release", "--quiet", "--bin", "sluice",
                            "--example", "backend"], cwd=ROOT)
     mode = "delta" if args.delta else "SotW"
-    print("| ingresses | mode | startup to all served | sluice RSS | file change → first 200 p50 | p90 | max |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("| ingresses | mode | startup to all served | sluice RSS | Envoy allocated | file change → first 200 p50 | p90 | max |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
-        startup, rss_mib, samples = run(size, args.rounds, args.delta)
+        startup, rss_mib, envoy_mib, samples = run(size, args.rounds, args.delta)
         p90 = samples[int(len(samples) * 0.9) - 1] if len(samples) >= 10 else samples[-1]
-        print(f"| {size} | {mode} | {startup:.2f} s | {rss_mib:.0f} MiB | {statistics.median(samples):.1f} ms "
+        print(f"| {size} | {mode} | {startup:.2f} s | {rss_mib:.0f} MiB | {envoy_mib:.0f} MiB "
+              f"| {statistics.median(samples):.1f} ms "
               f"| {p90:.1f} ms | {samples[-1]:.1f} ms |", flush=True)
 
 

@@ -5,7 +5,9 @@
 //! - one response in flight per type; SotW answers only an open request, and ignores requests
 //!   whose nonce is stale; delta applies subscription changes whatever the nonce;
 //! - a NACK (`error_detail`) is recorded and never answered by re-sending the rejected version;
-//! - LDS, CDS and SRDS are sent whole in SotW; RDS and EDS carry only what changed;
+//! - LDS, CDS and SRDS are sent whole in SotW; RDS and EDS carry only what changed; a large
+//!   change goes out in several responses of about [`MAX_RESPONSE_BYTES`] where the protocol
+//!   allows (delta; EDS and RDS in SotW);
 //! - make-before-break: a route configuration goes out only once every cluster it names is
 //!   ACKed by the Envoy, along with that cluster's endpoints; a cluster leaves the Envoy only
 //!   once no route configuration the Envoy may hold can name it;
@@ -93,33 +95,41 @@ struct InFlight {
     changes: BTreeMap<String, Option<Held>>,
 }
 
-/// What the client holds of a resource: the version, and the resource itself when its content
-/// is known (a reconnecting client only tells versions, or in SotW only names).
+/// What the client holds of a resource: the resource itself when its content is known, else
+/// only its version (a reconnecting client only tells versions, or in SotW only names). A known
+/// resource's version is its own: one copy per resource, not one per stream holding it.
 #[derive(Debug, Clone)]
-struct Held {
-    version: String,
-    resource: Option<Arc<Resource>>,
+enum Held {
+    Known(Arc<Resource>),
+    /// Held at this version (empty: unknown), content unknown.
+    Unknown(String),
 }
 
 impl Held {
     fn of(resource: &Arc<Resource>) -> Held {
-        Held {
-            version: resource.version.clone(),
-            resource: Some(resource.clone()),
+        Held::Known(resource.clone())
+    }
+
+    fn unknown(version: &str) -> Held {
+        Held::Unknown(version.to_owned())
+    }
+
+    fn version(&self) -> &str {
+        match self {
+            Held::Known(resource) => &resource.version,
+            Held::Unknown(version) => version,
         }
     }
 
-    /// Held at `version` (empty: unknown), content unknown.
-    fn unknown(version: &str) -> Held {
-        Held {
-            version: version.to_owned(),
-            resource: None,
+    fn resource(&self) -> Option<&Arc<Resource>> {
+        match self {
+            Held::Known(resource) => Some(resource),
+            Held::Unknown(_) => None,
         }
     }
 
     fn references(&self) -> &[String] {
-        self.resource
-            .as_ref()
+        self.resource()
             .map(|r| r.references.as_slice())
             .unwrap_or_default()
     }
@@ -169,8 +179,10 @@ struct TypeState {
     sent: BTreeMap<String, Held>,
     /// The version of `sent` as a whole, kept up to date as entries change.
     sent_digest: SetDigest,
-    /// What the client ACKed.
-    acked: BTreeMap<String, Held>,
+    /// What the client ACKed, kept as the names where it differs from `sent` (`None`: it ACKed
+    /// nothing of that name). Once a stream settles nearly all it was sent is ACKed, and a
+    /// second full map per stream doubled the memory every connected Envoy costs.
+    acked_apart: BTreeMap<String, Option<Held>>,
     acked_version: String,
     /// Names held (sent or ACKed) whose content is unknown.
     unresolved: BTreeSet<String>,
@@ -191,7 +203,67 @@ struct TypeState {
     last_nack: Option<Nack>,
 }
 
+/// Whether two records of what the client holds are the same: the same version, known or not
+/// alike (versions are content hashes, so known contents of one version are equal).
+fn same(a: Option<&Held>, b: Option<&Held>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.version() == b.version() && a.resource().is_some() == b.resource().is_some()
+        }
+        _ => false,
+    }
+}
+
 impl TypeState {
+    /// What the client ACKed of `name`.
+    fn acked(&self, name: &str) -> Option<&Held> {
+        match self.acked_apart.get(name) {
+            Some(apart) => apart.as_ref(),
+            None => self.sent.get(name),
+        }
+    }
+
+    fn acked_len(&self) -> usize {
+        let mut len = self.sent.len();
+        for (name, apart) in &self.acked_apart {
+            len += usize::from(apart.is_some());
+            len -= usize::from(self.sent.contains_key(name));
+        }
+        len
+    }
+
+    /// Records what was sent of `name`; returns what was sent before.
+    fn set_sent(&mut self, name: &str, held: Option<Held>) -> Option<Held> {
+        let previous = match held {
+            Some(held) => self.sent.insert(name.to_owned(), held),
+            None => self.sent.remove(name),
+        };
+        let now = self.sent.get(name);
+        match self.acked_apart.get(name) {
+            // Until now the client had ACKed what was sent: it still holds that.
+            None if !same(previous.as_ref(), now) => {
+                self.acked_apart.insert(name.to_owned(), previous.clone());
+            }
+            Some(acked) if same(acked.as_ref(), now) => {
+                self.acked_apart.remove(name);
+            }
+            _ => {}
+        }
+        previous
+    }
+
+    /// Records what the client ACKed of `name`; returns what it had ACKed before.
+    fn set_acked(&mut self, name: &str, held: Option<Held>) -> Option<Held> {
+        let previous = self.acked(name).cloned();
+        if same(held.as_ref(), self.sent.get(name)) {
+            self.acked_apart.remove(name);
+        } else {
+            self.acked_apart.insert(name.to_owned(), held);
+        }
+        previous
+    }
+
     fn subscribed(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
@@ -516,22 +588,17 @@ impl StreamState {
             .map(|h| h.references().to_vec())
             .unwrap_or_default();
         if let (View::Sent, Some(held)) = (view, &held) {
-            state.sent_digest.toggle(name, &held.version);
+            state.sent_digest.toggle(name, held.version());
         }
-        let map = match view {
-            View::Sent => &mut state.sent,
-            View::Acked => &mut state.acked,
-        };
-        let previous = match held {
-            Some(held) => map.insert(name.to_owned(), held),
-            None => map.remove(name),
+        let previous = match view {
+            View::Sent => state.set_sent(name, held),
+            View::Acked => state.set_acked(name, held),
         };
         if let (View::Sent, Some(previous)) = (view, &previous) {
-            state.sent_digest.toggle(name, &previous.version);
+            state.sent_digest.toggle(name, previous.version());
         }
-        let unknown =
-            |map: &BTreeMap<String, Held>| map.get(name).is_some_and(|h| h.resource.is_none());
-        let last_resolved = if unknown(&state.sent) || unknown(&state.acked) {
+        let unknown = |held: Option<&Held>| held.is_some_and(|h| h.resource().is_none());
+        let last_resolved = if unknown(state.sent.get(name)) || unknown(state.acked(name)) {
             state.unresolved.insert(name.to_owned());
             false
         } else {
@@ -638,10 +705,12 @@ impl StreamState {
             let Some(resource) = available.get(name) else {
                 continue;
             };
-            for (view, map) in [(View::Sent, &state.sent), (View::Acked, &state.acked)] {
-                let same = map
-                    .get(name)
-                    .is_some_and(|h| h.resource.is_none() && h.version == resource.version);
+            for (view, held) in [
+                (View::Sent, state.sent.get(name)),
+                (View::Acked, state.acked(name)),
+            ] {
+                let same =
+                    held.is_some_and(|h| h.resource().is_none() && h.version() == resource.version);
                 if same {
                     known.push((view, resource.clone()));
                 }
@@ -735,7 +804,7 @@ impl StreamState {
 
     fn acked_and_settled(&self, type_url: TypeUrl, name: &str) -> bool {
         self.types.get(&type_url).is_some_and(|state| {
-            state.acked.contains_key(name)
+            state.acked(name).is_some()
                 && !state.force.contains(name)
                 && state
                     .in_flight
@@ -829,10 +898,7 @@ impl StreamState {
     /// How a cluster the snapshot no longer has stays with the client.
     fn kept_cluster(&self, name: &str) -> Want {
         match self.types[&TypeUrl::Cluster].sent.get(name) {
-            Some(Held {
-                resource: Some(resource),
-                ..
-            }) => Want::Hold(resource.clone()),
+            Some(Held::Known(resource)) => Want::Hold(resource.clone()),
             // Delta keeps a cluster by not removing it, whatever its content.
             Some(_) if self.mode == Mode::Delta => Want::Keep,
             // SotW keeps it only by sending it: with the body rebuilt on reconnect, if any.
@@ -853,9 +919,12 @@ impl StreamState {
             return None;
         }
         let available = snapshot.resources(self.group, type_url).clone();
-        let mut changed = Vec::new();
+        let mut changed: Vec<Arc<Resource>> = Vec::new();
         let mut removed = Vec::new();
-        for name in self.candidates(type_url, &available) {
+        let spread = self.mode == Mode::Delta || !type_url.is_full_state();
+        let mut bytes = 0;
+        let mut candidates = self.candidates(type_url, &available).into_iter();
+        while let Some(name) = candidates.next() {
             let desired = self.desired(type_url, &name, &available, snapshot);
             let state = &self.types[&type_url];
             match desired {
@@ -863,8 +932,18 @@ impl StreamState {
                     let unchanged = state
                         .sent
                         .get(&name)
-                        .is_some_and(|held| held.version == resource.version);
+                        .is_some_and(|held| held.version() == resource.version);
                     if !unchanged || state.force.contains(&name) {
+                        bytes += resource.body.value.len();
+                        if spread && bytes > MAX_RESPONSE_BYTES && !changed.is_empty() {
+                            // The rest waits for this response's ACK, unexamined: looking at
+                            // every remaining name once per response would cost the square of
+                            // a large change.
+                            let state = self.types.get_mut(&type_url)?;
+                            state.recheck.insert(name);
+                            state.recheck.extend(candidates);
+                            break;
+                        }
                         changed.push(resource);
                     }
                 }
@@ -919,7 +998,7 @@ impl StreamState {
                     state
                         .sent
                         .values()
-                        .filter_map(|held| held.resource.as_ref())
+                        .filter_map(Held::resource)
                         .map(|r| r.body.clone())
                         .collect()
                 } else {
@@ -975,7 +1054,7 @@ impl StreamState {
                     *type_url,
                     TypeStatus {
                         acked_version: state.acked_version.clone(),
-                        acked_resources: state.acked.len(),
+                        acked_resources: state.acked_len(),
                         pending: state.in_flight.is_some(),
                         last_nack: state.last_nack.clone(),
                         sync: type_sync(state),
@@ -1000,9 +1079,8 @@ impl StreamState {
                     .as_ref()
                     .is_some_and(|f| f.changes.contains_key(name));
                 let acked = state
-                    .acked
-                    .get(name)
-                    .is_some_and(|a| a.version == held.version);
+                    .acked(name)
+                    .is_some_and(|a| a.version() == held.version());
                 let sync = match (in_flight, acked) {
                     (true, _) => SyncStatus::Stale,
                     (false, true) => SyncStatus::Synced,
@@ -1011,8 +1089,8 @@ impl StreamState {
                 };
                 SentResource {
                     name: name.clone(),
-                    version: held.version.clone(),
-                    resource: held.resource.clone(),
+                    version: held.version().to_owned(),
+                    resource: held.resource().cloned(),
                     sync,
                 }
             })
@@ -1021,10 +1099,17 @@ impl StreamState {
 
     /// The version of a resource this Envoy has ACKed.
     pub fn acked_version(&self, type_url: TypeUrl, name: &str) -> Option<&str> {
-        let held = self.types.get(&type_url)?.acked.get(name)?;
-        Some(&held.version)
+        let held = self.types.get(&type_url)?.acked(name)?;
+        Some(held.version())
     }
 }
+
+/// Roughly the most resource bytes one response carries where the protocol lets a type's
+/// changes be spread over several (delta, and EDS and RDS in SotW); the rest follow, one
+/// response per ACK. tonic keeps each stream's encode buffer at the size of the largest message
+/// it sent, so one response with everything a fleet-wide Envoy needs at start (megabytes at
+/// 1,000 ingresses) stayed allocated for every connected Envoy.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// A type is NACKED while its last response is the rejected one: any later response changes
 /// the last nonce, and is then either in flight, ACKed or itself the last NACK.
@@ -1234,6 +1319,42 @@ mod tests {
             TypeUrl::Listener,
         );
         assert_eq!(short(&sotw_responses(stream.poll(&fixed))), [("LDS", 1)]);
+    }
+
+    #[test]
+    fn acked_stays_what_the_client_accepted_while_other_versions_are_sent() {
+        let v1 = Held::of(&resource(TypeUrl::Cluster, "a", 1, &[]));
+        let v2 = Held::of(&resource(TypeUrl::Cluster, "a", 2, &[]));
+        let version = |held: Option<&Held>| held.map(|h| h.version().to_owned());
+        let mut state = TypeState::default();
+        state.set_sent("a", Some(v1.clone()));
+        assert_eq!(state.acked("a").map(|h| h.version().to_owned()), None);
+        assert_eq!(state.acked_len(), 0);
+        state.set_acked("a", Some(v1.clone()));
+        assert!(
+            state.acked_apart.is_empty(),
+            "a settled name costs one entry"
+        );
+        assert_eq!(state.acked_len(), 1);
+        state.set_sent("a", Some(v2.clone()));
+        assert_eq!(version(state.acked("a")), Some(v1.version().to_owned()));
+        // Rejected: the client keeps v1 however often the sent version changes.
+        state.set_sent("a", None);
+        assert_eq!(version(state.acked("a")), Some(v1.version().to_owned()));
+        assert_eq!(state.acked_len(), 1);
+        state.set_sent("a", Some(v1.clone()));
+        assert!(state.acked_apart.is_empty());
+        state.set_sent("a", Some(v2.clone()));
+        let previous = state.set_acked("a", Some(v2.clone()));
+        assert_eq!(version(previous.as_ref()), Some(v1.version().to_owned()));
+        assert!(state.acked_apart.is_empty());
+        // Content learnt for a version the client holds is not the same record as an unknown one.
+        state.set_acked("a", Some(Held::unknown(v2.version())));
+        assert!(state.acked("a").is_some_and(|h| h.resource().is_none()));
+        state.set_sent("a", None);
+        state.set_acked("a", None);
+        assert!(state.acked_apart.is_empty());
+        assert_eq!(state.acked_len(), 0);
     }
 
     #[test]
@@ -1526,6 +1647,76 @@ mod tests {
                 .collect(),
             ..delta(type_url, subscribe, &[], "")
         }
+    }
+
+    /// Resources of about 30 KB each: three make more than one response may carry.
+    fn large(snapshot: &mut Snapshot, type_url: TypeUrl, names: &[&str]) {
+        for (i, name) in names.iter().enumerate() {
+            let body = envoy_types::pb::google::protobuf::BytesValue {
+                value: vec![i as u8; 30_000],
+            };
+            put(
+                snapshot,
+                Resource::new(type_url, *name, &body, vec![]),
+                type_url,
+            );
+        }
+    }
+
+    #[test]
+    fn delta_spreads_a_large_change_over_responses_one_per_ack() {
+        let mut snapshot = Snapshot::default();
+        large(&mut snapshot, TypeUrl::Cluster, &["a", "b", "c", "d", "e"]);
+        let mut stream = StreamState::new(Mode::Delta, Group::All);
+        stream.on_delta_request(&delta(TypeUrl::Cluster, &[], &[], ""));
+        let mut received = Vec::new();
+        for expected in [2, 2, 1] {
+            let responses = delta_responses(stream.poll(&snapshot));
+            assert_eq!(responses.len(), 1);
+            assert_eq!(responses[0].resources.len(), expected);
+            assert!(
+                delta_responses(stream.poll(&snapshot)).is_empty(),
+                "one response in flight"
+            );
+            received.extend(names(&responses[0]).into_iter().map(str::to_owned));
+            delta_ack(&mut stream, &responses[0]);
+        }
+        assert_eq!(received, ["a", "b", "c", "d", "e"]);
+        assert!(stream.poll(&snapshot).is_empty());
+        assert_eq!(stream.status()[&TypeUrl::Cluster].acked_resources, 5);
+    }
+
+    #[test]
+    fn sotw_sends_full_state_types_whole_and_spreads_endpoints() {
+        let mut snapshot = Snapshot::default();
+        let clusters = ["a", "b", "c"];
+        large(&mut snapshot, TypeUrl::Cluster, &clusters);
+        large(&mut snapshot, TypeUrl::ClusterLoadAssignment, &clusters);
+        let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
+        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
+        let cds = sotw_responses(stream.poll(&snapshot));
+        assert_eq!(short(&cds), [("CDS", 3)], "CDS is always the whole set");
+        ack(&mut stream, &cds[0], &[]);
+        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &clusters, "", ""));
+        let mut version = String::new();
+        for expected in [2, 1] {
+            let eds = sotw_responses(stream.poll(&snapshot));
+            assert_eq!(short(&eds), [("EDS", expected)]);
+            ack(&mut stream, &eds[0], &clusters);
+            version = eds[0].version_info.clone();
+        }
+        assert!(stream.poll(&snapshot).is_empty());
+        let all: Vec<_> = clusters
+            .iter()
+            .map(|name| {
+                snapshot.resources(Group::All, TypeUrl::ClusterLoadAssignment)[*name].clone()
+            })
+            .collect();
+        assert_eq!(
+            version,
+            digest_of(&all),
+            "the last part's version is the whole set's"
+        );
     }
 
     fn delta_ack(stream: &mut StreamState, response: &DeltaDiscoveryResponse) {
