@@ -144,6 +144,7 @@ def run(size, rounds, delta):
             if not wait_200(http_port, last, 120):
                 sys.exit(f"size {size}: the initial config was not served within 120 s")
             startup = time.monotonic() - started
+            cpu = (cpu_seconds(procs[1].pid), cpu_seconds(procs[2].pid))
             rss_mib = rss(procs[1].pid)
             envoy_mib = envoy_allocated(envoy_admin)
             samples = []
@@ -158,11 +159,19 @@ def run(size, rounds, delta):
                     sys.exit(f"size {size}: {name} was not served within 30 s")
                 samples.append((time.monotonic() - begin) * 1000)
             samples.sort()
-            return startup, rss_mib, envoy_mib, samples
+            return startup, cpu, rss_mib, envoy_mib, samples
     finally:
         for proc in reversed(procs):
             proc.kill()
             proc.wait()
+
+
+def cpu_seconds(pid):
+    """User and system CPU time a process has used, in seconds, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The fields after the command name, which is in parentheses and may hold spaces.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -174,12 +183,15 @@ def main():
     subprocess.check_call(["cargo", "build", "--release", "--quiet", "--bin", "sluice",
                            "--example", "backend"], cwd=ROOT)
     mode = "delta" if args.delta else "SotW"
-    print("| ingresses | mode | startup to all served | sluice RSS | Envoy allocated | file change → first 200 p50 | p90 | max |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| ingresses | mode | startup to all served | CPU until then: sluice | Envoy | sluice RSS "
+          "| Envoy allocated | file change → first 200 p50 | p90 | max |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
-        startup, rss_mib, envoy_mib, samples = run(size, args.rounds, args.delta)
+        startup, (sluice_cpu, envoy_cpu), rss_mib, envoy_mib, samples = run(
+            size, args.rounds, args.delta)
         p90 = samples[int(len(samples) * 0.9) - 1] if len(samples) >= 10 else samples[-1]
-        print(f"| {size} | {mode} | {startup:.2f} s | {rss_mib:.0f} MiB | {envoy_mib:.0f} MiB "
+        print(f"| {size} | {mode} | {startup:.2f} s | {sluice_cpu:.2f} s | {envoy_cpu:.2f} s "
+              f"| {rss_mib:.0f} MiB | {envoy_mib:.0f} MiB "
               f"| {statistics.median(samples):.1f} ms "
               f"| {p90:.1f} ms | {samples[-1]:.1f} ms |", flush=True)
 
