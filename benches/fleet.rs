@@ -595,7 +595,14 @@ async fn ready(admin: u16, limit: Duration) -> bool {
 
 /// Waits until every stream reported the current round, or `limit` passes; returns when each
 /// converged.
-async fn wait_round(shared: &Shared, id: usize, streams: usize, limit: Duration) -> Vec<Instant> {
+/// When the last of `streams` streams converged on round `id`, or an error if some did not
+/// within `limit`.
+async fn wait_round(
+    shared: &Shared,
+    id: usize,
+    streams: usize,
+    limit: Duration,
+) -> Result<Instant, String> {
     let deadline = Instant::now() + limit;
     loop {
         {
@@ -605,8 +612,17 @@ async fn wait_round(shared: &Shared, id: usize, streams: usize, limit: Duration)
                 .filter(|(round, _)| *round == id)
                 .map(|(_, at)| *at)
                 .collect();
-            if done.len() == streams || Instant::now() >= deadline {
-                return done;
+            if done.len() == streams {
+                return done
+                    .into_iter()
+                    .max()
+                    .ok_or_else(|| "no streams to wait for".to_owned());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "round {id}: only {} of {streams} streams converged within {limit:?}",
+                    done.len()
+                ));
             }
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -708,18 +724,9 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
             }
         });
     }
-    let synced = wait_round(&shared, round_id, options.streams, Duration::from_secs(300)).await;
-    if synced.len() != options.streams {
-        return Err(format!(
-            "only {} of {} streams synced within 300 s",
-            synced.len(),
-            options.streams
-        ));
-    }
-    let connect_to_synced = synced
-        .iter()
-        .max()
-        .map_or(Duration::ZERO, |at| *at - connecting);
+    let connect_to_synced =
+        wait_round(&shared, round_id, options.streams, Duration::from_secs(300)).await?
+            - connecting;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_synced = rss_mib(sluice.child.id());
 
@@ -745,19 +752,11 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
             round_tx.send_replace(Some(Round { id: round_id, goal }));
             let begin = Instant::now();
             write_atomically(&dir, &staging, &file, &content);
-            let done =
-                wait_round(&shared, round_id, options.streams, Duration::from_secs(60)).await;
-            if done.len() != options.streams {
-                return Err(format!(
-                    "round {round_id}: only {} of {} streams converged within 60 s",
-                    done.len(),
-                    options.streams
-                ));
-            }
-            let last = done
-                .iter()
-                .max()
-                .map_or(0.0, |at| (*at - begin).as_secs_f64() * 1000.0);
+            let last = (wait_round(&shared, round_id, options.streams, Duration::from_secs(60))
+                .await?
+                - begin)
+                .as_secs_f64()
+                * 1000.0;
             if kind == 0 {
                 &mut new_ingress
             } else {

@@ -29,7 +29,7 @@ use super::dial::{Dialer, PodPort, kube_error};
 use super::local::PROXIES;
 use super::model::{Envoy, Health, Proxy, ProxyPort, ServedConfig, ServedTarget};
 use super::proxy::Endpoint;
-use super::{ReplicaAccess, envoys_of};
+use super::{ReplicaAccess, bracket, envoys_of};
 
 /// sluice's own Service, whose EndpointSlices list the replicas.
 const SLUICE_SERVICE: &str = "sluice";
@@ -758,15 +758,6 @@ fn cluster_ip(spec: &ServiceSpec) -> Option<&str> {
     spec.cluster_ip
         .as_deref()
         .filter(|ip| !ip.is_empty() && *ip != "None")
-}
-
-/// An IPv6 address in brackets, ready for host:port.
-fn bracket(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
 }
 
 #[cfg(test)]

@@ -299,6 +299,11 @@ pub fn dial_host(address: &str) -> String {
         "::" => "::1",
         other => other,
     };
+    bracket(host)
+}
+
+/// An IPv6 address in brackets, ready for host:port.
+pub fn bracket(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
     } else {
