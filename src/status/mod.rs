@@ -189,7 +189,7 @@ fn local_verdict(
             });
             let still_rejected = wanted
                 .iter()
-                .any(|r| state.acked_version(r.type_url, &r.name) != Some(&r.version));
+                .any(|r| !state.acked_at(r.type_url, &r.name, &r.version));
             if blamed && still_rejected {
                 verdict.rejected = Some(format!(
                     "Envoy {} rejected {} {}: {}",
@@ -203,7 +203,7 @@ fn local_verdict(
         }
         let acked = wanted
             .iter()
-            .all(|r| state.acked_version(r.type_url, &r.name) == Some(r.version.as_str()));
+            .all(|r| state.acked_at(r.type_url, &r.name, &r.version));
         if acked {
             verdict.converged += 1;
         }

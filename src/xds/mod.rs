@@ -3,6 +3,7 @@
 
 mod csds;
 mod decode;
+mod held;
 mod resource;
 mod server;
 mod stream;

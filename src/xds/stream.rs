@@ -42,6 +42,7 @@ use serde::Serialize;
 
 use imbl::ordmap::DiffItem;
 
+use crate::xds::held::{Held, HeldMap, same};
 use crate::xds::resource::{Group, Resource, ResourceMap, SetDigest, Snapshot, TypeUrl};
 
 /// Which variant of the protocol the stream speaks.
@@ -95,46 +96,6 @@ struct InFlight {
     changes: BTreeMap<String, Option<Held>>,
 }
 
-/// What the client holds of a resource: the resource itself when its content is known, else
-/// only its version (a reconnecting client only tells versions, or in SotW only names). A known
-/// resource's version is its own: one copy per resource, not one per stream holding it.
-#[derive(Debug, Clone)]
-enum Held {
-    Known(Arc<Resource>),
-    /// Held at this version (empty: unknown), content unknown.
-    Unknown(String),
-}
-
-impl Held {
-    fn of(resource: &Arc<Resource>) -> Held {
-        Held::Known(resource.clone())
-    }
-
-    fn unknown(version: &str) -> Held {
-        Held::Unknown(version.to_owned())
-    }
-
-    fn version(&self) -> &str {
-        match self {
-            Held::Known(resource) => &resource.version,
-            Held::Unknown(version) => version,
-        }
-    }
-
-    fn resource(&self) -> Option<&Arc<Resource>> {
-        match self {
-            Held::Known(resource) => Some(resource),
-            Held::Unknown(_) => None,
-        }
-    }
-
-    fn references(&self) -> &[String] {
-        self.resource()
-            .map(|r| r.references.as_slice())
-            .unwrap_or_default()
-    }
-}
-
 /// Which of a type's views of the client a change applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum View {
@@ -176,7 +137,7 @@ struct TypeState {
     /// Whether the current subscription got its first answer.
     answered: bool,
     /// What was sent (accepted or not): never re-send what the client already got.
-    sent: BTreeMap<String, Held>,
+    sent: HeldMap,
     /// The version of `sent` as a whole, kept up to date as entries change.
     sent_digest: SetDigest,
     /// What the client ACKed, kept as the names where it differs from `sent` (`None`: it ACKed
@@ -203,23 +164,11 @@ struct TypeState {
     last_nack: Option<Nack>,
 }
 
-/// Whether two records of what the client holds are the same: the same version, known or not
-/// alike (versions are content hashes, so known contents of one version are equal).
-fn same(a: Option<&Held>, b: Option<&Held>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => {
-            a.version() == b.version() && a.resource().is_some() == b.resource().is_some()
-        }
-        _ => false,
-    }
-}
-
 impl TypeState {
     /// What the client ACKed of `name`.
-    fn acked(&self, name: &str) -> Option<&Held> {
+    fn acked(&self, name: &str) -> Option<Held> {
         match self.acked_apart.get(name) {
-            Some(apart) => apart.as_ref(),
+            Some(apart) => apart.clone(),
             None => self.sent.get(name),
         }
     }
@@ -235,17 +184,14 @@ impl TypeState {
 
     /// Records what was sent of `name`; returns what was sent before.
     fn set_sent(&mut self, name: &str, held: Option<Held>) -> Option<Held> {
-        let previous = match held {
-            Some(held) => self.sent.insert(name.to_owned(), held),
-            None => self.sent.remove(name),
-        };
+        let previous = self.sent.set(name, held);
         let now = self.sent.get(name);
         match self.acked_apart.get(name) {
             // Until now the client had ACKed what was sent: it still holds that.
-            None if !same(previous.as_ref(), now) => {
+            None if !same(previous.as_ref(), now.as_ref()) => {
                 self.acked_apart.insert(name.to_owned(), previous.clone());
             }
-            Some(acked) if same(acked.as_ref(), now) => {
+            Some(acked) if same(acked.as_ref(), now.as_ref()) => {
                 self.acked_apart.remove(name);
             }
             _ => {}
@@ -255,8 +201,8 @@ impl TypeState {
 
     /// Records what the client ACKed of `name`; returns what it had ACKed before.
     fn set_acked(&mut self, name: &str, held: Option<Held>) -> Option<Held> {
-        let previous = self.acked(name).cloned();
-        if same(held.as_ref(), self.sent.get(name)) {
+        let previous = self.acked(name);
+        if same(held.as_ref(), self.sent.get(name).as_ref()) {
             self.acked_apart.remove(name);
         } else {
             self.acked_apart.insert(name.to_owned(), held);
@@ -532,7 +478,7 @@ impl StreamState {
                 gone.extend(
                     state
                         .sent
-                        .keys()
+                        .names()
                         .filter(|n| !state.names.contains(*n))
                         .cloned(),
                 );
@@ -597,7 +543,7 @@ impl StreamState {
         if let (View::Sent, Some(previous)) = (view, &previous) {
             state.sent_digest.toggle(name, previous.version());
         }
-        let unknown = |held: Option<&Held>| held.is_some_and(|h| h.resource().is_none());
+        let unknown = |held: Option<Held>| held.is_some_and(|h| h.resource().is_none());
         let last_resolved = if unknown(state.sent.get(name)) || unknown(state.acked(name)) {
             state.unresolved.insert(name.to_owned());
             false
@@ -627,7 +573,7 @@ impl StreamState {
         let clusters = self.types.entry(TypeUrl::Cluster).or_default();
         if last_resolved {
             // No route of unknown content is left: every cluster may have lost its last user.
-            unused.extend(clusters.sent.keys().cloned());
+            unused.extend(clusters.sent.names().cloned());
         }
         clusters.recheck.extend(unused);
     }
@@ -681,6 +627,9 @@ impl StreamState {
         for type_url in TypeUrl::ALL {
             if let Some(response) = self.respond(type_url, snapshot) {
                 responses.push(response);
+            }
+            if let Some(state) = self.types.get_mut(&type_url) {
+                state.sent.share(snapshot.resources(self.group, type_url));
             }
         }
         responses
@@ -779,7 +728,7 @@ impl StreamState {
         let names: BTreeSet<&str> = held.iter().map(|r| r.name.as_str()).collect();
         let absent: Vec<String> = state
             .sent
-            .keys()
+            .names()
             .filter(|name| !names.contains(name.as_str()))
             .cloned()
             .collect();
@@ -845,7 +794,7 @@ impl StreamState {
                 DiffItem::Update { new: (name, _), .. } => name.clone(),
             })),
             None => {
-                names.extend(state.sent.keys().cloned());
+                names.extend(state.sent.names().cloned());
                 if state.wildcard {
                     names.extend(available.keys().cloned());
                 } else {
@@ -898,7 +847,7 @@ impl StreamState {
     /// How a cluster the snapshot no longer has stays with the client.
     fn kept_cluster(&self, name: &str) -> Want {
         match self.types[&TypeUrl::Cluster].sent.get(name) {
-            Some(Held::Known(resource)) => Want::Hold(resource.clone()),
+            Some(Held::Known(resource)) => Want::Hold(resource),
             // Delta keeps a cluster by not removing it, whatever its content.
             Some(_) if self.mode == Mode::Delta => Want::Keep,
             // SotW keeps it only by sending it: with the body rebuilt on reconnect, if any.
@@ -995,12 +944,7 @@ impl StreamState {
             Mode::StateOfTheWorld => {
                 // SotW carries every resource of a full-state type; of the others, what changed.
                 let resources = if type_url.is_full_state() {
-                    state
-                        .sent
-                        .values()
-                        .filter_map(Held::resource)
-                        .map(|r| r.body.clone())
-                        .collect()
+                    state.sent.known().map(|r| r.body.clone()).collect()
                 } else {
                     changed.iter().map(|r| r.body.clone()).collect()
                 };
@@ -1072,7 +1016,8 @@ impl StreamState {
         };
         state
             .sent
-            .iter()
+            .entries()
+            .into_iter()
             .map(|(name, held)| {
                 let in_flight = state
                     .in_flight
@@ -1097,10 +1042,12 @@ impl StreamState {
             .collect()
     }
 
-    /// The version of a resource this Envoy has ACKed.
-    pub fn acked_version(&self, type_url: TypeUrl, name: &str) -> Option<&str> {
-        let held = self.types.get(&type_url)?.acked(name)?;
-        Some(held.version())
+    /// Whether this Envoy has ACKed `version` of a resource.
+    pub fn acked_at(&self, type_url: TypeUrl, name: &str, version: &str) -> bool {
+        self.types
+            .get(&type_url)
+            .and_then(|state| state.acked(name))
+            .is_some_and(|held| held.version() == version)
     }
 }
 
@@ -1337,10 +1284,16 @@ mod tests {
         );
         assert_eq!(state.acked_len(), 1);
         state.set_sent("a", Some(v2.clone()));
-        assert_eq!(version(state.acked("a")), Some(v1.version().to_owned()));
+        assert_eq!(
+            version(state.acked("a").as_ref()),
+            Some(v1.version().to_owned())
+        );
         // Rejected: the client keeps v1 however often the sent version changes.
         state.set_sent("a", None);
-        assert_eq!(version(state.acked("a")), Some(v1.version().to_owned()));
+        assert_eq!(
+            version(state.acked("a").as_ref()),
+            Some(v1.version().to_owned())
+        );
         assert_eq!(state.acked_len(), 1);
         state.set_sent("a", Some(v1.clone()));
         assert!(state.acked_apart.is_empty());
@@ -1456,6 +1409,44 @@ mod tests {
         ack(&mut stream, &rds[0], &["r"]);
         let cds = sotw_responses(stream.poll(&next));
         assert_eq!(short(&cds), [("CDS", 1)], "a goes once no route names it");
+    }
+
+    fn shares(stream: &StreamState, snapshot: &Snapshot, type_url: TypeUrl) -> bool {
+        stream.types[&type_url]
+            .sent
+            .shares(snapshot.resources(Group::All, type_url))
+    }
+
+    #[test]
+    fn a_stream_holding_what_the_snapshot_has_shares_its_maps() {
+        let snapshot = base();
+        let mut stream = converged(&snapshot);
+        let types = [
+            TypeUrl::Cluster,
+            TypeUrl::ClusterLoadAssignment,
+            TypeUrl::RouteConfiguration,
+        ];
+        assert!(types.iter().all(|t| shares(&stream, &snapshot, *t)));
+        let next = moved();
+        let cds = sotw_responses(stream.poll(&next));
+        ack(&mut stream, &cds[0], &[]);
+        assert!(
+            !shares(&stream, &next, TypeUrl::Cluster),
+            "a is kept, which the snapshot lacks"
+        );
+        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["b"], "", ""));
+        for _ in 0..4 {
+            for response in sotw_responses(stream.poll(&next)) {
+                let names: &[&str] = match TypeUrl::parse(&response.type_url).unwrap() {
+                    TypeUrl::ClusterLoadAssignment => &["b"],
+                    TypeUrl::RouteConfiguration => &["r"],
+                    _ => &[],
+                };
+                ack(&mut stream, &response, names);
+            }
+        }
+        assert!(stream.poll(&next).is_empty());
+        assert!(types.iter().all(|t| shares(&stream, &next, *t)));
     }
 
     #[test]
