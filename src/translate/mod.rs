@@ -84,8 +84,8 @@ struct Plan {
 /// What one host currently contributes to the snapshot.
 #[derive(Debug, Default)]
 struct HostResources {
-    /// Route configuration name → the resource.
-    routes: BTreeMap<String, Arc<Resource>>,
+    /// Route configuration name → (the groups whose scopes name it, the resource).
+    routes: BTreeMap<String, (Vec<Group>, Arc<Resource>)>,
     /// Scope name → (groups, resource).
     scopes: BTreeMap<String, (Vec<Group>, Arc<Resource>)>,
     clusters: BTreeSet<ClusterKey>,
@@ -556,7 +556,7 @@ impl Translator {
                 let config = routes::route_configuration(&name, host, plans.into_iter());
                 let resource =
                     Resource::new(TypeUrl::RouteConfiguration, &name, &config, references);
-                next.routes.insert(name.clone(), resource);
+                next.routes.insert(name.clone(), (Vec::new(), resource));
                 name
             };
             let internal_route = (!planned.routes.is_empty())
@@ -576,7 +576,7 @@ impl Translator {
                 let name = format!("redirect/{host}");
                 let config = routes::redirect_configuration(&name, host);
                 let resource = Resource::new(TypeUrl::RouteConfiguration, &name, &config, vec![]);
-                next.routes.insert(name.clone(), resource);
+                next.routes.insert(name.clone(), (Vec::new(), resource));
                 Some(name)
             } else {
                 external_route.clone()
@@ -604,6 +604,11 @@ impl Translator {
             }
             for (kind, route) in scopes {
                 if let Some(route) = route {
+                    if let Some((groups, _)) = next.routes.get_mut(&route) {
+                        groups.extend(groups_of(kind));
+                        groups.sort();
+                        groups.dedup();
+                    }
                     let scope = routes::scoped_route(kind, host, &route);
                     let resource = Resource::new(
                         TypeUrl::ScopedRouteConfiguration,
@@ -625,8 +630,18 @@ impl Translator {
         let empty = HostResources::default();
         let previous = self.hosts.get(&host).unwrap_or(&empty);
         let mut updates = Vec::new();
-        diff_routes(&previous.routes, &next.routes, &mut updates);
-        diff_scopes(&previous.scopes, &next.scopes, &mut updates);
+        diff_grouped(
+            TypeUrl::RouteConfiguration,
+            &previous.routes,
+            &next.routes,
+            &mut updates,
+        );
+        diff_grouped(
+            TypeUrl::ScopedRouteConfiguration,
+            &previous.scopes,
+            &next.scopes,
+            &mut updates,
+        );
         HostChange {
             released: previous
                 .clusters
@@ -845,6 +860,7 @@ impl Translator {
                     .references
                     .first()
                     .and_then(|r| resources.routes.get(r))
+                    .map(|(_, route)| route)
                 {
                     add(TypeUrl::RouteConfiguration, route);
                 }
@@ -974,26 +990,10 @@ fn diff_one(
     }
 }
 
-fn diff_routes(
-    old: &BTreeMap<String, Arc<Resource>>,
-    new: &BTreeMap<String, Arc<Resource>>,
-    out: &mut Vec<ResourceUpdate>,
-) {
-    for name in old
-        .keys()
-        .chain(new.keys().filter(|n| !old.contains_key(*n)))
-    {
-        diff_one(
-            TypeUrl::RouteConfiguration,
-            name,
-            old.get(name).cloned(),
-            new.get(name).cloned(),
-            out,
-        );
-    }
-}
-
-fn diff_scopes(
+/// The changes between a host's old and new resources of a type served per group: a resource
+/// whose content or groups changed is given again with the groups it is in now.
+fn diff_grouped(
+    type_url: TypeUrl,
     old: &BTreeMap<String, (Vec<Group>, Arc<Resource>)>,
     new: &BTreeMap<String, (Vec<Group>, Arc<Resource>)>,
     out: &mut Vec<ResourceUpdate>,
@@ -1003,15 +1003,15 @@ fn diff_scopes(
         .chain(new.keys().filter(|n| !old.contains_key(*n)))
     {
         let (before, after) = (old.get(name), new.get(name));
-        if before.map(|(_, r)| r.digest) == after.map(|(_, r)| r.digest) {
+        let key = |entry: Option<&(Vec<Group>, Arc<Resource>)>| {
+            entry.map(|(groups, r)| (groups.clone(), r.digest))
+        };
+        if key(before) == key(after) {
             continue;
         }
-        let Some((groups, _)) = after.or(before) else {
-            continue;
-        };
         out.push(ResourceUpdate {
-            type_url: TypeUrl::ScopedRouteConfiguration,
-            groups: Some(groups.clone()),
+            type_url,
+            groups: Some(after.map(|(groups, _)| groups.clone()).unwrap_or_default()),
             name: name.clone(),
             resource: after.map(|(_, r)| r.clone()),
         });
@@ -1101,7 +1101,7 @@ fn encode_backend(key: &ClusterKey, world: &World, upstream_ca: Option<&str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::knative::{Ingress, IngressKind};
+    use crate::knative::{Ingress, IngressKind, Visibility};
     use crate::world::{Object, ObjectKey, SourceEvent};
     use crate::xds::Snapshot;
 
@@ -1141,6 +1141,17 @@ spec:
         );
         let ingress: Ingress = serde_saphyr::from_str(&yaml).unwrap();
         SourceEvent::Upsert(Object::Ingress(IngressKind::Ingress, Box::new(ingress)))
+    }
+
+    /// The ingress with every rule cluster-local.
+    fn cluster_local(event: SourceEvent) -> SourceEvent {
+        let SourceEvent::Upsert(Object::Ingress(kind, mut ingress)) = event else {
+            unreachable!("an ingress event");
+        };
+        for rule in &mut ingress.spec.rules {
+            rule.visibility = Some(Visibility::ClusterLocal);
+        }
+        SourceEvent::Upsert(Object::Ingress(kind, ingress))
     }
 
     fn service(name: &str, port_name: &str, ip: &str) -> Vec<SourceEvent> {
@@ -1274,6 +1285,19 @@ spec:
             )],
             vec![SourceEvent::Delete(ObjectKey::Ingress(key("c")))],
             service("svc-a", "http", "10.0.0.9"),
+            // a.example.com leaves the external listener: its route leaves the external group.
+            vec![cluster_local(ingress(
+                "a",
+                "a.example.com",
+                "svc-a",
+                "2026-01-01T00:00:00Z",
+            ))],
+            vec![ingress(
+                "a",
+                "a.example.com",
+                "svc-a",
+                "2026-01-01T00:00:00Z",
+            )],
         ];
         for (step, events) in steps.into_iter().enumerate() {
             let changes = world.apply(events);
@@ -1348,6 +1372,12 @@ spec:
                 "redirected",
                 vec![tls_ingress("s", "s.example.com", "cert", "Redirected")],
             ),
+            (
+                "redirected, with a key that does not match: the external listener no longer \
+                 names the host's route, whose content stays",
+                vec![tls_secret("cert", &rotated, &key)],
+            ),
+            ("fixed again", vec![tls_secret("cert", &certificate, &key)]),
             (
                 "TLS dropped",
                 vec![ingress(

@@ -1,7 +1,7 @@
 //! What one stream's client holds of one type, kept so that a stream in step with the snapshot
 //! costs almost nothing: its record of what it sent is the snapshot's own persistent map.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::xds::resource::{Resource, ResourceMap};
@@ -144,6 +144,109 @@ impl HeldMap {
     }
 }
 
+/// What a client subscribes to of one type: everything (the wildcard, with any names given
+/// beside it), or the names it gives. A client is sent what it names, so without the wildcard
+/// the names are kept as where they differ from the names in the stream's [`HeldMap`]: once in
+/// step, nothing. A set of names per type per stream cost as much as the map of what was sent.
+#[derive(Debug, Default)]
+pub(super) struct Subscription {
+    wildcard: bool,
+    /// With the wildcard: the names given beside it. Without: the names either subscribed or
+    /// held, not both.
+    names: BTreeSet<String>,
+}
+
+impl Subscription {
+    pub(super) fn wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// Whether `name` is named (the wildcard aside).
+    pub(super) fn names_contains(&self, name: &str, held: &HeldMap) -> bool {
+        if self.wildcard {
+            self.names.contains(name)
+        } else {
+            self.names.contains(name) != held.contains_key(name)
+        }
+    }
+
+    pub(super) fn covers(&self, name: &str, held: &HeldMap) -> bool {
+        self.wildcard || self.names_contains(name, held)
+    }
+
+    /// The names given (the wildcard aside).
+    pub(super) fn names(&self, held: &HeldMap) -> BTreeSet<String> {
+        if self.wildcard {
+            self.names.clone()
+        } else {
+            either(&self.names, held)
+        }
+    }
+
+    /// Names `name`; says whether it was not named before.
+    pub(super) fn insert(&mut self, name: &str, held: &HeldMap) -> bool {
+        let new = !self.names_contains(name, held);
+        if new {
+            self.toggle(name);
+        }
+        new
+    }
+
+    /// Stops naming `name`; says whether it was named.
+    pub(super) fn remove(&mut self, name: &str, held: &HeldMap) -> bool {
+        let named = self.names_contains(name, held);
+        if named {
+            self.toggle(name);
+        }
+        named
+    }
+
+    /// Subscribes to exactly these names, and the wildcard or not.
+    pub(super) fn replace(&mut self, names: BTreeSet<String>, wildcard: bool, held: &HeldMap) {
+        self.wildcard = wildcard;
+        self.names = if wildcard {
+            names
+        } else {
+            either(&names, held)
+        };
+    }
+
+    pub(super) fn set_wildcard(&mut self, wildcard: bool, held: &HeldMap) {
+        if wildcard != self.wildcard {
+            let names = self.names(held);
+            self.replace(names, wildcard, held);
+        }
+    }
+
+    /// Keeps the subscription as it is while `name` enters or leaves the held map.
+    pub(super) fn held_changed(&mut self, name: &str, was_held: bool, is_held: bool) {
+        if !self.wildcard && was_held != is_held {
+            self.toggle(name);
+        }
+    }
+
+    fn toggle(&mut self, name: &str) {
+        if !self.names.remove(name) {
+            self.names.insert(name.to_owned());
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn apart(&self) -> usize {
+        self.names.len()
+    }
+}
+
+/// The names in either `names` or `held`, not both: the one turns the other into the names of
+/// a subscription without the wildcard.
+fn either(names: &BTreeSet<String>, held: &HeldMap) -> BTreeSet<String> {
+    held.names()
+        .filter(|name| !names.contains(*name))
+        .chain(names.iter().filter(|name| !held.contains_key(name)))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +306,94 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Name(u8),
+        Unname(u8),
+        Hold(u8),
+        Drop(u8),
+        Wildcard(bool),
+        Replace(Vec<u8>, bool),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..6u8).prop_map(Step::Name),
+            (0..6u8).prop_map(Step::Unname),
+            (0..6u8).prop_map(Step::Hold),
+            (0..6u8).prop_map(Step::Drop),
+            any::<bool>().prop_map(Step::Wildcard),
+            (proptest::collection::vec(0..6u8, 0..6), any::<bool>())
+                .prop_map(|(names, wildcard)| Step::Replace(names, wildcard)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the client names and is sent, in any order, the subscription answers as a
+        /// plain set of names beside a wildcard flag would.
+        #[test]
+        fn a_subscription_kept_apart_from_what_is_held_is_the_set_it_was_given(
+            steps in proptest::collection::vec(step(), 0..40)
+        ) {
+            let name = |n: u8| format!("r{n}");
+            let mut held = HeldMap::default();
+            let mut subscription = Subscription::default();
+            let mut names: BTreeSet<String> = BTreeSet::new();
+            let mut wildcard = false;
+            for step in steps {
+                match step {
+                    Step::Name(n) => {
+                        let new = subscription.insert(&name(n), &held);
+                        proptest::prop_assert_eq!(new, names.insert(name(n)));
+                    }
+                    Step::Unname(n) => {
+                        let named = subscription.remove(&name(n), &held);
+                        proptest::prop_assert_eq!(named, names.remove(&name(n)));
+                    }
+                    Step::Hold(n) | Step::Drop(n) => {
+                        let now = matches!(step, Step::Hold(_)).then(|| Held::unknown("v"));
+                        let was = held.set(&name(n), now.clone()).is_some();
+                        subscription.held_changed(&name(n), was, now.is_some());
+                    }
+                    Step::Wildcard(on) => {
+                        subscription.set_wildcard(on, &held);
+                        wildcard = on;
+                    }
+                    Step::Replace(given, on) => {
+                        names = given.into_iter().map(name).collect();
+                        subscription.replace(names.clone(), on, &held);
+                        wildcard = on;
+                    }
+                }
+                proptest::prop_assert_eq!(subscription.wildcard(), wildcard);
+                proptest::prop_assert_eq!(&subscription.names(&held), &names);
+                for n in 0..6 {
+                    proptest::prop_assert_eq!(
+                        subscription.covers(&name(n), &held),
+                        wildcard || names.contains(&name(n))
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_holding_what_it_names_costs_no_names() {
+        let mut held = HeldMap::default();
+        let mut subscription = Subscription::default();
+        for n in ["a", "b", "c"] {
+            subscription.insert(n, &held);
+        }
+        assert_eq!(subscription.apart(), 3);
+        for n in ["a", "b", "c"] {
+            held.set(n, Some(Held::unknown("v")));
+            subscription.held_changed(n, false, true);
+        }
+        assert_eq!(subscription.apart(), 0);
+        assert!(subscription.covers("b", &held));
+        assert!(!subscription.covers("d", &held));
     }
 }

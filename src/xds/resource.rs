@@ -167,7 +167,7 @@ pub type ResourceMap = OrdMap<String, Arc<Resource>>;
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     shared: [ResourceMap; 6],
-    per_group: [[ResourceMap; 2]; 3],
+    per_group: [[ResourceMap; 3]; 3],
     /// When a change last reached it: where each Envoy's convergence is measured from.
     changed_at: Option<Instant>,
 }
@@ -176,7 +176,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct ResourceUpdate {
     pub type_url: TypeUrl,
-    /// `None` for shared types; the groups a per-group resource belongs to otherwise.
+    /// The groups whose Envoys are served the resource, for the types kept per group
+    /// (listeners, scopes, route configurations; `None`: only [`Group::All`]). Ignored for the
+    /// others, which every group shares.
     pub groups: Option<Vec<Group>>,
     pub name: String,
     pub resource: Option<Arc<Resource>>,
@@ -184,18 +186,21 @@ pub struct ResourceUpdate {
 
 impl Snapshot {
     pub fn resources(&self, group: Group, type_url: TypeUrl) -> &ResourceMap {
-        match type_url {
-            TypeUrl::Listener => &self.per_group[group.index()][0],
-            TypeUrl::ScopedRouteConfiguration => &self.per_group[group.index()][1],
-            other => &self.shared[other as usize],
+        match Self::group_slot(type_url) {
+            Some(slot) => &self.per_group[group.index()][slot],
+            None => &self.shared[type_url as usize],
         }
     }
 
-    fn resources_mut(&mut self, group: Group, type_url: TypeUrl) -> &mut ResourceMap {
+    /// Where a type kept per group lives in `per_group`. Route configurations are the same for
+    /// every group, but each group's Envoys subscribe to those their own scopes name: kept per
+    /// group, a stream that holds them all holds exactly its group's map, and shares it.
+    fn group_slot(type_url: TypeUrl) -> Option<usize> {
         match type_url {
-            TypeUrl::Listener => &mut self.per_group[group.index()][0],
-            TypeUrl::ScopedRouteConfiguration => &mut self.per_group[group.index()][1],
-            other => &mut self.shared[other as usize],
+            TypeUrl::Listener => Some(0),
+            TypeUrl::ScopedRouteConfiguration => Some(1),
+            TypeUrl::RouteConfiguration => Some(2),
+            _ => None,
         }
     }
 
@@ -210,17 +215,23 @@ impl Snapshot {
             self.changed_at = Some(Instant::now());
         }
         for update in updates {
-            let groups: &[Group] = match &update.groups {
-                Some(groups) => groups,
-                None => &[Group::All],
+            let Some(slot) = Self::group_slot(update.type_url) else {
+                let map = &mut self.shared[update.type_url as usize];
+                match update.resource {
+                    Some(resource) => map.insert(update.name, resource),
+                    None => map.remove(&update.name),
+                };
+                continue;
             };
-            for &group in groups {
-                let map = self.resources_mut(group, update.type_url);
+            // A resource kept per group is in exactly the groups it gives, and leaves the others.
+            let groups = update.groups.as_deref().unwrap_or(&[Group::All]);
+            for group in Group::ALL {
+                let map = &mut self.per_group[group.index()][slot];
                 match &update.resource {
-                    Some(resource) => {
+                    Some(resource) if groups.contains(&group) => {
                         map.insert(update.name.clone(), resource.clone());
                     }
-                    None => {
+                    _ => {
                         map.remove(&update.name);
                     }
                 }
@@ -308,5 +319,38 @@ mod tests {
             )
             .version
         );
+    }
+
+    #[test]
+    fn a_route_configuration_is_in_exactly_the_groups_it_is_given() {
+        let route = Resource::new(
+            TypeUrl::RouteConfiguration,
+            "r",
+            &prost_types::Duration::default(),
+            vec![],
+        );
+        let update = |groups: &[Group], resource: Option<&Arc<Resource>>| ResourceUpdate {
+            type_url: TypeUrl::RouteConfiguration,
+            groups: Some(groups.to_vec()),
+            name: "r".to_owned(),
+            resource: resource.cloned(),
+        };
+        let held = |snapshot: &Snapshot| {
+            Group::ALL
+                .into_iter()
+                .filter(|g| {
+                    snapshot
+                        .resources(*g, TypeUrl::RouteConfiguration)
+                        .contains_key("r")
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.apply([update(&Group::ALL, Some(&route))]);
+        assert_eq!(held(&snapshot), Group::ALL);
+        snapshot.apply([update(&[Group::Internal, Group::All], Some(&route))]);
+        assert_eq!(held(&snapshot), [Group::Internal, Group::All]);
+        snapshot.apply([update(&[], None)]);
+        assert_eq!(held(&snapshot), []);
     }
 }

@@ -42,7 +42,7 @@ use serde::Serialize;
 
 use imbl::ordmap::DiffItem;
 
-use crate::xds::held::{Held, HeldMap, same};
+use crate::xds::held::{Held, HeldMap, Subscription, same};
 use crate::xds::resource::{Group, Resource, ResourceMap, SetDigest, Snapshot, TypeUrl};
 
 /// Which variant of the protocol the stream speaks.
@@ -128,8 +128,7 @@ enum Start {
 
 #[derive(Debug, Default)]
 struct TypeState {
-    wildcard: bool,
-    names: BTreeSet<String>,
+    subscription: Subscription,
     /// Whether the type was ever requested on this stream.
     requested: bool,
     /// SotW: a request is open and waits for an answer.
@@ -186,6 +185,8 @@ impl TypeState {
     fn set_sent(&mut self, name: &str, held: Option<Held>) -> Option<Held> {
         let previous = self.sent.set(name, held);
         let now = self.sent.get(name);
+        self.subscription
+            .held_changed(name, previous.is_some(), now.is_some());
         match self.acked_apart.get(name) {
             // Until now the client had ACKed what was sent: it still holds that.
             None if !same(previous.as_ref(), now.as_ref()) => {
@@ -211,7 +212,7 @@ impl TypeState {
     }
 
     fn subscribed(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
+        self.subscription.covers(name, &self.sent)
     }
 
     /// Forgets what was seen, so that the next answer looks at every resource again.
@@ -400,17 +401,15 @@ impl StreamState {
         let first = !state.requested;
         let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
         let wildcard = type_url.is_full_state() && names.is_empty();
-        if names != state.names || wildcard != state.wildcard || !state.requested {
+        let before = state.subscription.names(&state.sent);
+        if names != before || wildcard != state.subscription.wildcard() || !state.requested {
             // A changed subscription is answered even when nothing it names changed, so that
             // a client asking for a resource that does not exist yet still gets a response.
             state.answered = false;
-            state
-                .recheck
-                .extend(names.difference(&state.names).cloned());
+            state.recheck.extend(names.difference(&before).cloned());
         }
-        let gone: Vec<String> = state.names.difference(&names).cloned().collect();
-        state.names = names;
-        state.wildcard = wildcard;
+        let gone: Vec<String> = before.difference(&names).cloned().collect();
+        state.subscription.replace(names, wildcard, &state.sent);
         state.requested = true;
         state.open_request = true;
         for name in gone {
@@ -429,7 +428,7 @@ impl StreamState {
         let state = self.types.entry(type_url).or_default();
         state.reported = Some(version.to_owned());
         state.acked_version = version.to_owned();
-        let names: Vec<String> = state.names.iter().cloned().collect();
+        let names = state.subscription.names(&state.sent);
         match type_url {
             TypeUrl::ClusterLoadAssignment => {
                 self.held_endpoints = Some(names.into_iter().collect());
@@ -455,15 +454,15 @@ impl StreamState {
         if first {
             state.requested = true;
             // The legacy wildcard: a first request for a full-state type that names nothing.
-            state.wildcard =
-                type_url.is_full_state() && request.resource_names_subscribe.is_empty();
+            let wildcard = type_url.is_full_state() && request.resource_names_subscribe.is_empty();
+            state.subscription.set_wildcard(wildcard, &state.sent);
         }
         for name in &request.resource_names_subscribe {
             if name == "*" {
-                state.wildcard = true;
+                state.subscription.set_wildcard(true, &state.sent);
                 state.look_again();
             } else {
-                state.names.insert(name.clone());
+                state.subscription.insert(name, &state.sent);
                 // A reconnecting client that names what it already holds gets it again only if
                 // its version differs.
                 if !(first && initial.contains_key(name)) {
@@ -474,17 +473,12 @@ impl StreamState {
         let mut gone = Vec::new();
         for name in &request.resource_names_unsubscribe {
             if name == "*" {
-                state.wildcard = false;
-                gone.extend(
-                    state
-                        .sent
-                        .names()
-                        .filter(|n| !state.names.contains(*n))
-                        .cloned(),
-                );
-            } else if state.names.remove(name) {
+                state.subscription.set_wildcard(false, &state.sent);
+                let named = |n: &&String| state.subscription.names_contains(n, &state.sent);
+                gone.extend(state.sent.names().filter(|n| !named(n)).cloned());
+            } else if state.subscription.remove(name, &state.sent) {
                 state.force.remove(name);
-                if !state.wildcard {
+                if !state.subscription.wildcard() {
                     gone.push(name.clone());
                 }
             }
@@ -685,11 +679,12 @@ impl StreamState {
                 .then(|| self.retired.get(name)?.endpoints.clone())
                 .flatten()
         };
-        let asked: Vec<Arc<Resource>> = if state.wildcard {
+        let asked: Vec<Arc<Resource>> = if state.subscription.wildcard() {
             available.values().cloned().collect()
         } else {
             state
-                .names
+                .subscription
+                .names(&state.sent)
                 .iter()
                 .filter_map(|name| {
                     available
@@ -795,10 +790,10 @@ impl StreamState {
             })),
             None => {
                 names.extend(state.sent.names().cloned());
-                if state.wildcard {
+                if state.subscription.wildcard() {
                     names.extend(available.keys().cloned());
                 } else {
-                    names.extend(state.names.iter().cloned());
+                    names.extend(state.subscription.names(&state.sent));
                 }
                 if type_url == TypeUrl::Cluster {
                     names.extend(self.retired.keys().cloned());
@@ -1093,10 +1088,9 @@ mod tests {
     }
 
     fn put(snapshot: &mut Snapshot, resource: Arc<Resource>, type_url: TypeUrl) {
-        let groups = type_url.is_per_group().then(|| Group::ALL.to_vec());
         snapshot.apply([ResourceUpdate {
             type_url,
-            groups,
+            groups: Some(Group::ALL.to_vec()),
             name: resource.name.clone(),
             resource: Some(resource),
         }]);
