@@ -250,7 +250,7 @@ struct BootstrapArgs {
 struct StatsArgs {
     /// Create each cluster's traffic stats (upstream_rq_*, upstream_cx_*, ...) with the
     /// cluster, as Envoy does by default. Without it they are created on the cluster's first
-    /// use: an idle cluster costs Envoy a fraction of the memory, and a stat ever touched exists.
+    /// use: an idle cluster has 46 stats instead of 112, and a stat ever touched exists.
     #[arg(long)]
     eager_stats: bool,
 }
