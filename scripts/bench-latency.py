@@ -5,9 +5,12 @@ For each size N it writes N ingresses (each with its own Service and Endpoints) 
 directory, starts `sluice serve` and a stock Envoy, waits until all of them are served, then
 R times renames a file with a new ingress into the directory and polls the new host through
 Envoy until it answers 200. Prints p50/p90/max per size and mode, with sluice's RSS and Envoy's
-heap in use (its /memory `allocated`) once all are served.
+heap in use (its /memory `allocated`) and RSS once all are served.
 
-    scripts/bench-latency.py [--sizes 1,1000,5000] [--rounds 20] [--delta]
+    scripts/bench-latency.py [--sizes 1,1000,5000] [--rounds 20] [--delta] [--eager-stats]
+
+`--eager-stats` bootstraps Envoy with `sluice bootstrap --eager-stats` (every cluster's traffic
+stats created with the cluster, Envoy's default) instead of on first use.
 
 Everything runs on loopback with free ports, and only the processes it started are stopped.
 """
@@ -109,7 +112,7 @@ def envoy_allocated(admin_port):
         conn.close()
 
 
-def run(size, rounds, delta):
+def run(size, rounds, delta, eager_stats):
     procs = []
     try:
         with tempfile.TemporaryDirectory() as work:
@@ -132,6 +135,7 @@ def run(size, rounds, delta):
             envoy_admin = free_port()
             args = [SLUICE, "bootstrap", "--xds-addr", f"127.0.0.1:{xds}", "--node-id", "bench",
                     "--admin-addr", f"127.0.0.1:{envoy_admin}"] + (["--delta"] if delta else [])
+            args += ["--eager-stats"] if eager_stats else []
             bootstrap = os.path.join(work, "envoy.yaml")
             with open(bootstrap, "w") as f:
                 f.write(subprocess.check_output(args, text=True))
@@ -147,6 +151,7 @@ def run(size, rounds, delta):
             cpu = (cpu_seconds(procs[1].pid), cpu_seconds(procs[2].pid))
             rss_mib = rss(procs[1].pid)
             envoy_mib = envoy_allocated(envoy_admin)
+            envoy_rss = rss(procs[2].pid)
             samples = []
             for r in range(rounds):
                 name = f"new-{r}"
@@ -159,7 +164,7 @@ def run(size, rounds, delta):
                     sys.exit(f"size {size}: {name} was not served within 30 s")
                 samples.append((time.monotonic() - begin) * 1000)
             samples.sort()
-            return startup, cpu, rss_mib, envoy_mib, samples
+            return startup, cpu, rss_mib, (envoy_mib, envoy_rss), samples
     finally:
         for proc in reversed(procs):
             proc.kill()
@@ -179,19 +184,20 @@ def main():
     parser.add_argument("--sizes", default="1,1000,5000")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--delta", action="store_true")
+    parser.add_argument("--eager-stats", action="store_true")
     args = parser.parse_args()
     subprocess.check_call(["cargo", "build", "--release", "--quiet", "--bin", "sluice",
                            "--example", "backend"], cwd=ROOT)
     mode = "delta" if args.delta else "SotW"
     print("| ingresses | mode | startup to all served | CPU until then: sluice | Envoy | sluice RSS "
-          "| Envoy allocated | file change → first 200 p50 | p90 | max |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| Envoy allocated | Envoy RSS | file change → first 200 p50 | p90 | max |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
-        startup, (sluice_cpu, envoy_cpu), rss_mib, envoy_mib, samples = run(
-            size, args.rounds, args.delta)
+        startup, (sluice_cpu, envoy_cpu), rss_mib, (envoy_mib, envoy_rss), samples = run(
+            size, args.rounds, args.delta, args.eager_stats)
         p90 = samples[int(len(samples) * 0.9) - 1] if len(samples) >= 10 else samples[-1]
         print(f"| {size} | {mode} | {startup:.2f} s | {sluice_cpu:.2f} s | {envoy_cpu:.2f} s "
-              f"| {rss_mib:.0f} MiB | {envoy_mib:.0f} MiB "
+              f"| {rss_mib:.0f} MiB | {envoy_mib:.0f} MiB | {envoy_rss:.0f} MiB "
               f"| {statistics.median(samples):.1f} ms "
               f"| {p90:.1f} ms | {samples[-1]:.1f} ms |", flush=True)
 

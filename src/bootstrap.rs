@@ -16,6 +16,9 @@ pub struct BootstrapConfig {
     pub delta: bool,
     /// Reach sluice over TLS; plain gRPC when `None`.
     pub tls: Option<BootstrapTls>,
+    /// Create every cluster's traffic stats with the cluster, as Envoy does by default, instead
+    /// of on first use.
+    pub eager_stats: bool,
 }
 
 /// TLS to sluice's xDS port, as paths of PEM files Envoy reads when it starts: the bootstrap
@@ -114,6 +117,12 @@ static_resources:
     if let Some(tls) = &config.tls {
         yaml.push_str(&transport_socket(tls, &xds_host));
     }
+    if !config.eager_stats {
+        // Most of a cluster's ~110 stats count its traffic, and most Knative revisions are idle
+        // or scaled to zero: at 5,000 clusters they were a third of Envoy's heap. Created on a
+        // cluster's first request instead, every stat that is ever touched still exists.
+        yaml.push_str("deferred_stat_options: {enable_deferred_creation_stats: true}\n");
+    }
     Ok(yaml)
 }
 
@@ -167,6 +176,7 @@ mod tests {
             admin_addr: "127.0.0.1:19000".into(),
             delta,
             tls: None,
+            eager_stats: false,
         }
     }
 
@@ -231,6 +241,25 @@ mod tests {
             delta["dynamic_resources"]["ads_config"]["api_type"],
             "DELTA_GRPC"
         );
+    }
+
+    #[test]
+    fn traffic_stats_are_deferred_unless_eager() {
+        let deferred: serde_json::Value =
+            serde_saphyr::from_str(&render(&config(true)).unwrap()).unwrap();
+        assert_eq!(
+            deferred["deferred_stat_options"]["enable_deferred_creation_stats"],
+            true
+        );
+        let eager: serde_json::Value = serde_saphyr::from_str(
+            &render(&BootstrapConfig {
+                eager_stats: true,
+                ..config(true)
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(eager.get("deferred_stat_options").is_none(), "{eager}");
     }
 
     #[test]

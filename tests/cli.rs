@@ -693,9 +693,88 @@ async fn a_nacked_envoy_is_shown_and_fails_check(delta: bool) {
     drop(envoy);
 }
 
+/// The value of the `hello` cluster's stat `cluster.<name>.<stat>`, if Envoy has it.
+async fn hello_cluster_stat(envoy: &Envoy, stat: &str) -> Option<u64> {
+    let suffix = format!(".{stat}");
+    support::restart::envoy_stats(envoy)
+        .await
+        .into_iter()
+        .find(|(name, _)| {
+            name.starts_with("cluster.") && name.contains("/hello") && name.ends_with(&suffix)
+        })
+        .map(|(_, value)| value)
+}
+
+/// `sluice bootstrap` has Envoy create a cluster's traffic stats on its first request (most
+/// revisions are idle): before it the cluster is there without `upstream_rq_total`, after it
+/// the counter is. With `--eager-stats` they come with the cluster, as Envoy's default has it.
+async fn cluster_traffic_stats_appear_on_first_use(delta: bool) {
+    let backend = Backend::start("hello").await;
+    let dir = ManifestDir::new();
+    dir.write(
+        "svc.yaml",
+        &manifests::service_for("hello", NS, backend.port(), "http"),
+    );
+    dir.write("hello.yaml", &hello_ingress(NS).to_yaml());
+    let deferred = Stack::start(dir.path(), delta).await;
+    deferred
+        .sluice
+        .wait_ingress_ready(NS, "hello", "True", CONVERGE)
+        .await;
+    let cluster_up = poll_until(CONVERGE, async || {
+        hello_cluster_stat(&deferred.envoy, "membership_total")
+            .await
+            .filter(|&endpoints| endpoints == 1)
+    })
+    .await;
+    assert!(cluster_up.is_some(), "{}", deferred.logs());
+    assert_eq!(
+        hello_cluster_stat(&deferred.envoy, "upstream_rq_total").await,
+        None,
+        "no request has used the cluster yet"
+    );
+    let host = format!("hello.{NS}.example.com");
+    let response = deferred.wait_status(&host, "/", 200).await;
+    assert_eq!(response.backend(), Some("hello"));
+    let counted = poll_until(CONVERGE, async || {
+        hello_cluster_stat(&deferred.envoy, "upstream_rq_total")
+            .await
+            .filter(|&requests| requests >= 1)
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the request through the cluster created upstream_rq_total\n{}",
+        deferred.logs()
+    );
+
+    let Stack { envoy, sluice } = deferred;
+    drop(envoy);
+    let eager = Stack::start_on(
+        sluice,
+        StackOptions {
+            delta,
+            bootstrap_args: vec!["--eager-stats".to_owned()],
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let created = poll_until(CONVERGE, async || {
+        hello_cluster_stat(&eager.envoy, "upstream_rq_total").await
+    })
+    .await;
+    assert_eq!(
+        created,
+        Some(0),
+        "with --eager-stats the counter exists before any request\n{}",
+        eager.logs()
+    );
+}
+
 in_both_modes!(
     commands_against_a_serving_control_plane,
-    a_nacked_envoy_is_shown_and_fails_check
+    a_nacked_envoy_is_shown_and_fails_check,
+    cluster_traffic_stats_appear_on_first_use
 );
 
 /// `sluice up`, stopped with SIGINT (so that it stops its Envoy) when dropped.

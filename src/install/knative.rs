@@ -285,6 +285,7 @@ fn proxy(install: &KnativeInstall, name: &str, service_type: &str) -> Vec<Value>
         role: Some(format!("{ns}~{name}")),
         admin_addr: format!("127.0.0.1:{ENVOY_ADMIN_PORT}"),
         delta: true,
+        eager_stats: false,
     })
     .expect("the install's addresses are HOST:PORT");
     let (xds_volume, xds_mount) = xds_cert_volume(certs::CLIENT_SECRET);

@@ -246,6 +246,17 @@ impl Sluice {
     /// first), and `--delta` if `delta`.
     /// Returns the YAML; panics with stderr if the command fails.
     pub fn bootstrap(&self, node_id: &str, role: Option<&str>, delta: bool) -> String {
+        self.bootstrap_with(node_id, role, delta, &[])
+    }
+
+    /// [`Sluice::bootstrap`] with `extra_args` appended (e.g. `--eager-stats`).
+    pub fn bootstrap_with(
+        &self,
+        node_id: &str,
+        role: Option<&str>,
+        delta: bool,
+        extra_args: &[&str],
+    ) -> String {
         let mut args = vec![
             "bootstrap".to_string(),
             "--xds-addr".to_string(),
@@ -261,6 +272,7 @@ impl Sluice {
         if delta {
             args.push("--delta".to_string());
         }
+        args.extend(extra_args.iter().map(|arg| (*arg).to_string()));
         run_sluice(&args)
     }
 

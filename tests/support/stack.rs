@@ -17,6 +17,8 @@ pub struct StackOptions {
     pub delta: bool,
     /// Passed to `sluice bootstrap --role`.
     pub role: Option<String>,
+    /// Extra `sluice bootstrap` arguments (e.g. `--eager-stats`).
+    pub bootstrap_args: Vec<String>,
     /// Extra `sluice serve` arguments (e.g. `--ingress-class`).
     pub sluice_args: Vec<String>,
     /// Extra Envoy arguments.
@@ -64,7 +66,13 @@ impl Stack {
                 NODE_COUNTER.fetch_add(1, Ordering::SeqCst)
             )
         });
-        let bootstrap = sluice.bootstrap(&node_id, options.role.as_deref(), options.delta);
+        let bootstrap_args: Vec<&str> = options.bootstrap_args.iter().map(String::as_str).collect();
+        let bootstrap = sluice.bootstrap_with(
+            &node_id,
+            options.role.as_deref(),
+            options.delta,
+            &bootstrap_args,
+        );
         let envoy_args: Vec<&str> = options.envoy_args.iter().map(String::as_str).collect();
         let envoy = Envoy::start_with(&bootstrap, &envoy_args);
         envoy.wait_ready().await;
