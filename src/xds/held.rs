@@ -103,14 +103,14 @@ impl HeldMap {
         previous
     }
 
+    /// The entries whose content is known, as the snapshot keeps resources.
+    pub(super) fn known_map(&self) -> &ResourceMap {
+        &self.known
+    }
+
     /// Every name held, in no particular order across known and unknown entries.
     pub(super) fn names(&self) -> impl Iterator<Item = &String> {
         self.known.keys().chain(self.unknown.keys())
-    }
-
-    /// The entries whose content is known, by name.
-    pub(super) fn known(&self) -> impl Iterator<Item = &Arc<Resource>> {
-        self.known.values()
     }
 
     /// Every entry, by name.

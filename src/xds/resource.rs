@@ -168,6 +168,8 @@ pub type ResourceMap = OrdMap<String, Arc<Resource>>;
 pub struct Snapshot {
     shared: [ResourceMap; 6],
     per_group: [[ResourceMap; 3]; 3],
+    /// Per group, how many of its route configurations name each cluster.
+    cluster_users: [OrdMap<String, usize>; 3],
     /// When a change last reached it: where each Envoy's convergence is measured from.
     changed_at: Option<Instant>,
 }
@@ -204,6 +206,11 @@ impl Snapshot {
         }
     }
 
+    /// For each cluster, how many of the route configurations served to `group` name it.
+    pub fn cluster_users(&self, group: Group) -> &OrdMap<String, usize> {
+        &self.cluster_users[group.index()]
+    }
+
     /// When a change last reached this snapshot (`None` before any).
     pub fn changed_at(&self) -> Option<Instant> {
         self.changed_at
@@ -227,12 +234,25 @@ impl Snapshot {
             let groups = update.groups.as_deref().unwrap_or(&[Group::All]);
             for group in Group::ALL {
                 let map = &mut self.per_group[group.index()][slot];
-                match &update.resource {
-                    Some(resource) if groups.contains(&group) => {
-                        map.insert(update.name.clone(), resource.clone());
+                let (old, new) = match &update.resource {
+                    Some(resource) if groups.contains(&group) => (
+                        map.insert(update.name.clone(), resource.clone()),
+                        Some(resource),
+                    ),
+                    _ => (map.remove(&update.name), None),
+                };
+                if update.type_url == TypeUrl::RouteConfiguration {
+                    let users = &mut self.cluster_users[group.index()];
+                    for cluster in old.iter().flat_map(|r| &r.references) {
+                        if let Some(count) = users.get_mut(cluster) {
+                            *count -= 1;
+                            if *count == 0 {
+                                users.remove(cluster);
+                            }
+                        }
                     }
-                    _ => {
-                        map.remove(&update.name);
+                    for cluster in new.iter().flat_map(|r| &r.references) {
+                        *users.entry(cluster.clone()).or_default() += 1;
                     }
                 }
             }
@@ -323,12 +343,15 @@ mod tests {
 
     #[test]
     fn a_route_configuration_is_in_exactly_the_groups_it_is_given() {
-        let route = Resource::new(
-            TypeUrl::RouteConfiguration,
-            "r",
-            &prost_types::Duration::default(),
-            vec![],
-        );
+        let named = |clusters: &[&str]| {
+            Resource::new(
+                TypeUrl::RouteConfiguration,
+                "r",
+                &prost_types::Duration::default(),
+                clusters.iter().map(|c| c.to_string()).collect(),
+            )
+        };
+        let route = named(&["a", "b"]);
         let update = |groups: &[Group], resource: Option<&Arc<Resource>>| ResourceUpdate {
             type_url: TypeUrl::RouteConfiguration,
             groups: Some(groups.to_vec()),
@@ -345,12 +368,21 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
+        let users = |snapshot: &Snapshot, group: Group| {
+            let users = snapshot.cluster_users(group);
+            users.keys().cloned().collect::<Vec<_>>()
+        };
         let mut snapshot = Snapshot::default();
         snapshot.apply([update(&Group::ALL, Some(&route))]);
         assert_eq!(held(&snapshot), Group::ALL);
+        assert_eq!(users(&snapshot, Group::External), ["a", "b"]);
         snapshot.apply([update(&[Group::Internal, Group::All], Some(&route))]);
         assert_eq!(held(&snapshot), [Group::Internal, Group::All]);
+        assert!(users(&snapshot, Group::External).is_empty());
+        snapshot.apply([update(&[Group::Internal, Group::All], Some(&named(&["b"])))]);
+        assert_eq!(users(&snapshot, Group::Internal), ["b"]);
         snapshot.apply([update(&[], None)]);
         assert_eq!(held(&snapshot), []);
+        assert!(Group::ALL.iter().all(|g| users(&snapshot, *g).is_empty()));
     }
 }

@@ -40,6 +40,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use serde::Serialize;
 
+use imbl::OrdMap;
 use imbl::ordmap::DiffItem;
 
 use crate::xds::held::{Held, HeldMap, Subscription, same};
@@ -258,15 +259,36 @@ pub struct SentResource {
     pub sync: SyncStatus,
 }
 
+/// The clusters the route configurations a client holds may name. A count per stream cost as
+/// much as all else a stream keeps; the snapshot counts the clusters its routes name for each
+/// group, and a stream corrects that count where what it holds differs from the snapshot's.
+#[derive(Debug, Default)]
+struct NamedClusters {
+    /// A route configuration of unknown content is held: it may name any cluster.
+    any: bool,
+    /// The snapshot's count for the stream's group.
+    counted: OrdMap<String, usize>,
+    /// What the routes sent name minus what the snapshot's name, where they differ.
+    apart: BTreeMap<String, isize>,
+    /// What the routes ACKed apart from those sent name.
+    acked: BTreeSet<String>,
+}
+
+impl NamedClusters {
+    fn may_name(&self, cluster: &str) -> bool {
+        let counted = self.counted.get(cluster).map_or(0, |n| *n as isize);
+        self.any
+            || self.acked.contains(cluster)
+            || counted + self.apart.get(cluster).copied().unwrap_or_default() > 0
+    }
+}
+
 #[derive(Debug)]
 pub struct StreamState {
     mode: Mode,
     group: Group,
     next_nonce: u64,
     types: BTreeMap<TypeUrl, TypeState>,
-    /// For each cluster, how many route configurations this client holds (sent or ACKed) name
-    /// it: a cluster is removed from the client only once this drops to zero.
-    cluster_users: BTreeMap<String, usize>,
     start: Start,
     /// SotW: the clusters a reconnecting Envoy named in its first EDS request, that is the
     /// clusters it holds that EDS feeds.
@@ -298,7 +320,6 @@ impl StreamState {
             group,
             next_nonce: 0,
             types: BTreeMap::new(),
-            cluster_users: BTreeMap::new(),
             start: Start::Unknown,
             held_endpoints: None,
             looked_up: false,
@@ -523,10 +544,6 @@ impl StreamState {
     /// unknown content and the cluster references of route configurations up to date.
     fn hold(&mut self, type_url: TypeUrl, view: View, name: &str, held: Option<Held>) {
         let state = self.types.entry(type_url).or_default();
-        let added = held
-            .as_ref()
-            .map(|h| h.references().to_vec())
-            .unwrap_or_default();
         if let (View::Sent, Some(held)) = (view, &held) {
             state.sent_digest.toggle(name, held.version());
         }
@@ -547,29 +564,16 @@ impl StreamState {
         if type_url != TypeUrl::RouteConfiguration {
             return;
         }
-        for cluster in added {
-            *self.cluster_users.entry(cluster).or_default() += 1;
-        }
-        let mut unused = Vec::new();
-        for cluster in previous.iter().flat_map(Held::references) {
-            let Some(users) = self.cluster_users.get_mut(cluster) else {
-                continue;
-            };
-            *users -= 1;
-            if *users == 0 {
-                self.cluster_users.remove(cluster);
-                unused.push(cluster.clone());
-            }
-        }
-        if unused.is_empty() && !last_resolved {
-            return;
-        }
         let clusters = self.types.entry(TypeUrl::Cluster).or_default();
+        // A cluster the route's previous version named may have lost its last user.
+        clusters
+            .recheck
+            .extend(previous.iter().flat_map(Held::references).cloned());
         if last_resolved {
             // No route of unknown content is left: every cluster may have lost its last user.
-            unused.extend(clusters.sent.names().cloned());
+            let held: Vec<String> = clusters.sent.names().cloned().collect();
+            clusters.recheck.extend(held);
         }
-        clusters.recheck.extend(unused);
     }
 
     /// Settles the response in flight with the client's verdict.
@@ -767,14 +771,41 @@ impl StreamState {
         })
     }
 
-    /// Whether a route configuration the client holds may name `cluster`: a known one does, or
-    /// one of unknown content is held.
-    fn may_be_named(&self, cluster: &str) -> bool {
-        self.cluster_users.contains_key(cluster)
-            || self
-                .types
-                .get(&TypeUrl::RouteConfiguration)
-                .is_some_and(|routes| !routes.unresolved.is_empty())
+    /// The clusters the route configurations this client holds (sent or ACKed) may name.
+    fn named_clusters(&self, snapshot: &Snapshot) -> NamedClusters {
+        let mut named = NamedClusters::default();
+        let Some(routes) = self.types.get(&TypeUrl::RouteConfiguration) else {
+            return named;
+        };
+        named.any = !routes.unresolved.is_empty();
+        named.counted = snapshot.cluster_users(self.group).clone();
+        let available = snapshot.resources(self.group, TypeUrl::RouteConfiguration);
+        let mut count = |route: &Resource, by: isize| {
+            for cluster in &route.references {
+                *named.apart.entry(cluster.clone()).or_default() += by;
+            }
+        };
+        for item in routes.sent.known_map().diff(available) {
+            match item {
+                DiffItem::Remove(_, sent) => count(sent, 1),
+                DiffItem::Add(_, served) => count(served, -1),
+                DiffItem::Update {
+                    old: (_, sent),
+                    new: (_, served),
+                } => {
+                    count(sent, 1);
+                    count(served, -1);
+                }
+            }
+        }
+        named.acked = routes
+            .acked_apart
+            .values()
+            .flatten()
+            .flat_map(Held::references)
+            .cloned()
+            .collect();
+        named
     }
 
     /// The names whose desired state may differ from what was sent: what the snapshot changed
@@ -804,13 +835,15 @@ impl StreamState {
         names
     }
 
-    /// What the client should hold of `name` now.
+    /// What the client should hold of `name` now. `named` caches [`Self::named_clusters`] over
+    /// one answer, which changes no route configuration.
     fn desired(
         &mut self,
         type_url: TypeUrl,
         name: &str,
         available: &ResourceMap,
         snapshot: &Snapshot,
+        named: &mut Option<NamedClusters>,
     ) -> Want {
         let state = &self.types[&type_url];
         let subscribed = state.subscribed(name);
@@ -829,7 +862,13 @@ impl StreamState {
             }
             (_, Some(resource)) => Want::Hold(resource),
             // A cluster a route may still name stays until no route can name it.
-            (TypeUrl::Cluster, None) if self.may_be_named(name) => self.kept_cluster(name),
+            (TypeUrl::Cluster, None)
+                if named
+                    .get_or_insert_with(|| self.named_clusters(snapshot))
+                    .may_name(name) =>
+            {
+                self.kept_cluster(name)
+            }
             (TypeUrl::ClusterLoadAssignment, None) if subscribed => self
                 .retired
                 .get(name)
@@ -868,8 +907,9 @@ impl StreamState {
         let spread = self.mode == Mode::Delta || !type_url.is_full_state();
         let mut bytes = 0;
         let mut candidates = self.candidates(type_url, &available).into_iter();
+        let mut named = None;
         while let Some(name) = candidates.next() {
-            let desired = self.desired(type_url, &name, &available, snapshot);
+            let desired = self.desired(type_url, &name, &available, snapshot, &mut named);
             let state = &self.types[&type_url];
             match desired {
                 Want::Hold(resource) => {
@@ -939,7 +979,12 @@ impl StreamState {
             Mode::StateOfTheWorld => {
                 // SotW carries every resource of a full-state type; of the others, what changed.
                 let resources = if type_url.is_full_state() {
-                    state.sent.known().map(|r| r.body.clone()).collect()
+                    state
+                        .sent
+                        .known_map()
+                        .values()
+                        .map(|r| r.body.clone())
+                        .collect()
                 } else {
                     changed.iter().map(|r| r.body.clone()).collect()
                 };
@@ -1400,6 +1445,10 @@ mod tests {
         ack(&mut stream, &eds[0], &["a", "b"]);
         let rds = sotw_responses(stream.poll(&next));
         assert_eq!(short(&rds), [("RDS", 1)]);
+        assert!(
+            stream.poll(&next).is_empty(),
+            "a stays while the client may still hold the route naming it"
+        );
         ack(&mut stream, &rds[0], &["r"]);
         let cds = sotw_responses(stream.poll(&next));
         assert_eq!(short(&cds), [("CDS", 1)], "a goes once no route names it");
