@@ -537,8 +537,9 @@ async fn commands_against_a_serving_control_plane(delta: bool) {
     );
 }
 
-/// A real NACK: another process holds the external listener's port, so Envoy rejects LDS.
-async fn a_nacked_envoy_is_shown_and_fails_check(delta: bool) {
+/// A backend answering `hello`, and a manifest directory with its Service and the `hello`
+/// ingress.
+async fn hello_served() -> (Backend, ManifestDir) {
     let backend = Backend::start("hello").await;
     let dir = ManifestDir::new();
     dir.write(
@@ -546,6 +547,12 @@ async fn a_nacked_envoy_is_shown_and_fails_check(delta: bool) {
         &manifests::service_for("hello", NS, backend.port(), "http"),
     );
     dir.write("hello.yaml", &hello_ingress(NS).to_yaml());
+    (backend, dir)
+}
+
+/// A real NACK: another process holds the external listener's port, so Envoy rejects LDS.
+async fn a_nacked_envoy_is_shown_and_fails_check(delta: bool) {
+    let (_backend, dir) = hello_served().await;
     let sluice_process = Sluice::start(dir.path());
     sluice_process.wait_ready().await;
     let _taken = TcpListener::bind(sluice_process.http_addr()).expect("hold the HTTP port");
@@ -709,13 +716,7 @@ async fn hello_cluster_stat(envoy: &Envoy, stat: &str) -> Option<u64> {
 /// revisions are idle): before it the cluster is there without `upstream_rq_total`, after it
 /// the counter is. With `--eager-stats` they come with the cluster, as Envoy's default has it.
 async fn cluster_traffic_stats_appear_on_first_use(delta: bool) {
-    let backend = Backend::start("hello").await;
-    let dir = ManifestDir::new();
-    dir.write(
-        "svc.yaml",
-        &manifests::service_for("hello", NS, backend.port(), "http"),
-    );
-    dir.write("hello.yaml", &hello_ingress(NS).to_yaml());
+    let (_backend, dir) = hello_served().await;
     let deferred = Stack::start(dir.path(), delta).await;
     deferred
         .sluice
@@ -798,13 +799,7 @@ impl Drop for Up {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_up_reports_its_envoy_admin_address() {
-    let backend = Backend::start("hello").await;
-    let dir = ManifestDir::new();
-    dir.write(
-        "svc.yaml",
-        &manifests::service_for("hello", NS, backend.port(), "http"),
-    );
-    dir.write("hello.yaml", &hello_ingress(NS).to_yaml());
+    let (_backend, dir) = hello_served().await;
     let ports = SluicePorts::free();
     let envoy_admin = format!("127.0.0.1:{}", free_ports(1)[0]);
     let address = |port: u16| format!("127.0.0.1:{port}");
