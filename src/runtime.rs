@@ -27,7 +27,9 @@ use crate::status::writer::{
 };
 use crate::status::{Dirty, Envoys, LoadBalancers};
 use crate::translate::TranslateConfig;
-use crate::xds::{AdsService, ClusterLookup, CsdsService, ProxyRegistry, XdsTls, XdsTlsError};
+use crate::xds::{
+    AdsServer, AdsService, ClusterLookup, CsdsService, ProxyRegistry, XdsTls, XdsTlsError,
+};
 
 /// Where the objects come from.
 #[derive(Debug, Clone)]
@@ -189,13 +191,13 @@ pub async fn serve(
             .collect()
     });
     let csds = CsdsService::new(registry.clone(), feed.clone());
-    let ads = AdsService::new(
+    let ads = AdsServer::new(AdsService::new(
         feed,
         registry.clone(),
         metrics.clone(),
         clusters,
         stopping.clone(),
-    );
+    ));
     let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(tls) = &options.xds_tls {
         server = server

@@ -641,7 +641,7 @@ spec:
 
     fn nonce(responses: &[Response]) -> String {
         match responses {
-            [Response::Sotw(response)] => response.nonce.clone(),
+            [Response::Sotw(response)] => response.message.nonce.clone(),
             other => panic!("expected one SotW response, got {other:?}"),
         }
     }

@@ -138,9 +138,9 @@ impl HeldMap {
         }
     }
 
-    #[cfg(test)]
-    pub(super) fn shares(&self, available: &ResourceMap) -> bool {
-        self.known.ptr_eq(available)
+    /// Whether this map is `available` itself, shared: it holds exactly what that holds.
+    pub(super) fn is(&self, available: &ResourceMap) -> bool {
+        self.unknown.is_empty() && self.known.ptr_eq(available)
     }
 }
 
@@ -289,16 +289,16 @@ mod tests {
         map.set("a", Some(Held::of(&available["a"])));
         map.set("b", Some(Held::of(&available["b"])));
         map.share(&available);
-        assert!(!map.shares(&available), "c is missing");
+        assert!(!map.is(&available), "c is missing");
         map.set("c", Some(Held::unknown(&available["c"].version)));
         map.share(&available);
-        assert!(!map.shares(&available), "c's content is unknown");
+        assert!(!map.is(&available), "c's content is unknown");
         map.set("c", Some(Held::of(&cluster("c", 2))));
         map.share(&available);
-        assert!(!map.shares(&available), "c differs");
+        assert!(!map.is(&available), "c differs");
         map.set("c", Some(Held::of(&cluster("c", 1))));
         map.share(&available);
-        assert!(map.shares(&available), "equal content, another allocation");
+        assert!(map.is(&available), "equal content, another allocation");
         assert_eq!(
             map.entries()
                 .iter()

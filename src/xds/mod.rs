@@ -3,6 +3,7 @@
 
 mod csds;
 mod decode;
+mod grpc;
 mod held;
 mod resource;
 mod server;
@@ -10,12 +11,13 @@ mod stream;
 
 pub use csds::{CsdsService, Served, served_to, served_to_group};
 pub use decode::to_json;
+pub use grpc::AdsServer;
 pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, SetDigest, Snapshot, TypeUrl};
 pub use server::{
     AdsService, ClusterLookup, Proxy, ProxyRegistry, ProxyView, SnapshotFeed, Stopping, XdsTls,
     XdsTlsError,
 };
 pub use stream::{
-    ClusterResources, Mode, Nack, RequestOutcome, Response, SentResource, StreamState, SyncStatus,
-    TypeStatus,
+    ClusterResources, Mode, Nack, RequestOutcome, Response, SentResource, SotwResponse,
+    StreamState, SyncStatus, TypeStatus,
 };

@@ -1,8 +1,10 @@
 //! Encoded xDS resources and the snapshot of everything served, per group of Envoys.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use envoy_types::pb::google::protobuf::Any;
 use imbl::OrdMap;
@@ -162,6 +164,9 @@ impl Resource {
 
 pub type ResourceMap = OrdMap<String, Arc<Resource>>;
 
+/// The field number of `resources` in `envoy.service.discovery.v3.DiscoveryResponse`.
+const SOTW_RESOURCES_FIELD: u32 = 2;
+
 /// Everything served, as persistent maps: cloning a snapshot or changing one resource is cheap,
 /// so publishing a new snapshot costs the change, not the fleet.
 #[derive(Debug, Clone, Default)]
@@ -170,6 +175,9 @@ pub struct Snapshot {
     per_group: [[ResourceMap; 3]; 3],
     /// Per group, how many of its route configurations name each cluster.
     cluster_users: [OrdMap<String, usize>; 3],
+    /// Per group and type, every resource encoded once as a SotW response's `resources`, made
+    /// on first use and shared by the clones of this snapshot until the type changes.
+    encoded: [[Arc<OnceLock<Bytes>>; 6]; 3],
     /// When a change last reached it: where each Envoy's convergence is measured from.
     changed_at: Option<Instant>,
 }
@@ -206,6 +214,26 @@ impl Snapshot {
         }
     }
 
+    /// Every resource of a type served to `group`, in name order, encoded as the `resources`
+    /// field of a SotW `DiscoveryResponse`: a full-state answer holding exactly these is the
+    /// same bytes for every stream of the group, so it is encoded once, not once per stream.
+    pub fn encoded_resources(&self, group: Group, type_url: TypeUrl) -> Bytes {
+        self.encoded[group.index()][type_url as usize]
+            .get_or_init(|| {
+                let resources = self.resources(group, type_url);
+                let mut buf = Vec::new();
+                for resource in resources.values() {
+                    prost::encoding::message::encode(
+                        SOTW_RESOURCES_FIELD,
+                        &resource.body,
+                        &mut buf,
+                    );
+                }
+                Bytes::from(buf)
+            })
+            .clone()
+    }
+
     /// For each cluster, how many of the route configurations served to `group` name it.
     pub fn cluster_users(&self, group: Group) -> &OrdMap<String, usize> {
         &self.cluster_users[group.index()]
@@ -222,6 +250,9 @@ impl Snapshot {
             self.changed_at = Some(Instant::now());
         }
         for update in updates {
+            for group in &mut self.encoded {
+                group[update.type_url as usize] = Arc::default();
+            }
             let Some(slot) = Self::group_slot(update.type_url) else {
                 let map = &mut self.shared[update.type_url as usize];
                 match update.resource {

@@ -9,21 +9,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-    },
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use futures::Stream;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Status, Streaming};
+use tonic::{Status, Streaming};
 
 use crate::metrics::Metrics;
 use crate::xds::resource::{Group, Snapshot, TypeUrl};
-use crate::xds::stream::{ClusterResources, Mode, RequestOutcome, Response, StreamState};
+use crate::xds::stream::{
+    ClusterResources, Mode, RequestOutcome, Response, SotwResponse, StreamState,
+};
 
 /// What the server serves: `None` until the source's first full load is translated, because
 /// an empty CDS or LDS would wipe a reconnecting Envoy.
@@ -250,9 +249,6 @@ pub struct AdsService {
     stopping: Stopping,
 }
 
-/// gRPC's default 4 MiB limit is hit by large delta requests and full responses.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-
 impl AdsService {
     pub fn new(
         snapshots: SnapshotFeed,
@@ -260,16 +256,14 @@ impl AdsService {
         metrics: Arc<Metrics>,
         clusters: ClusterLookup,
         stopping: Stopping,
-    ) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(AdsService {
+    ) -> Self {
+        AdsService {
             snapshots,
             registry,
             metrics,
             clusters,
             stopping,
-        })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        }
     }
 }
 
@@ -316,7 +310,7 @@ impl XdsRequest for DeltaDiscoveryRequest {
     }
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl AdsService {
     fn open<Req: XdsRequest, Resp: Send + 'static>(
@@ -514,7 +508,7 @@ impl AdsService {
     /// change not ACKed yet).
     fn count_push(&self, response: &Response, since: Instant, converging: &mut Converging) {
         let type_url = match response {
-            Response::Sotw(r) => &r.type_url,
+            Response::Sotw(r) => &r.message.type_url,
             Response::Delta(r) => &r.type_url,
         };
         if let Some(type_url) = TypeUrl::parse(type_url) {
@@ -524,36 +518,24 @@ impl AdsService {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
+impl AdsService {
+    pub(super) fn sotw(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(tonic::Response::new(self.open(
-            Mode::StateOfTheWorld,
-            request.into_inner(),
-            |response| match response {
-                Response::Sotw(response) => Some(response),
-                Response::Delta(_) => None,
-            },
-        )))
+        inbound: Streaming<DiscoveryRequest>,
+    ) -> ResponseStream<SotwResponse> {
+        self.open(Mode::StateOfTheWorld, inbound, |response| match response {
+            Response::Sotw(response) => Some(response),
+            Response::Delta(_) => None,
+        })
     }
 
-    async fn delta_aggregated_resources(
+    pub(super) fn delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(tonic::Response::new(self.open(
-            Mode::Delta,
-            request.into_inner(),
-            |response| match response {
-                Response::Delta(response) => Some(response),
-                Response::Sotw(_) => None,
-            },
-        )))
+        inbound: Streaming<DeltaDiscoveryRequest>,
+    ) -> ResponseStream<DeltaDiscoveryResponse> {
+        self.open(Mode::Delta, inbound, |response| match response {
+            Response::Delta(response) => Some(response),
+            Response::Sotw(_) => None,
+        })
     }
 }

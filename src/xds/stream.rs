@@ -34,10 +34,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::{BufMut, Bytes};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
     Resource as DeltaResource,
 };
+use prost::Message;
 use serde::Serialize;
 
 use imbl::OrdMap;
@@ -77,8 +79,36 @@ pub enum RequestOutcome {
 /// A response ready for the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {
-    Sotw(DiscoveryResponse),
+    Sotw(SotwResponse),
     Delta(DeltaDiscoveryResponse),
+}
+
+/// A SotW response. One that carries every resource the snapshot has of a full-state type for
+/// the stream's group carries them as the snapshot encoded them once for the whole group
+/// ([`Snapshot::encoded_resources`]), appended to the rest of the message on the wire: protobuf
+/// reads a repeated field's entries wherever they come.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SotwResponse {
+    pub message: DiscoveryResponse,
+    pub encoded_resources: Option<Bytes>,
+}
+
+impl SotwResponse {
+    pub fn encode(&self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
+        self.message.encode(buf)?;
+        if let Some(resources) = &self.encoded_resources {
+            buf.put_slice(resources);
+        }
+        Ok(())
+    }
+
+    /// The message as Envoy reads it, the encoded resources included.
+    pub fn decoded(&self) -> DiscoveryResponse {
+        let mut bytes = Vec::new();
+        self.encode(&mut bytes)
+            .expect("a Vec grows to fit any message");
+        DiscoveryResponse::decode(bytes.as_slice()).expect("sluice encodes valid messages")
+    }
 }
 
 /// A cluster, and its endpoints when EDS feeds it, as the control plane would serve them now:
@@ -978,22 +1008,32 @@ impl StreamState {
         let response = match self.mode {
             Mode::StateOfTheWorld => {
                 // SotW carries every resource of a full-state type; of the others, what changed.
+                let mut encoded_resources = None;
                 let resources = if type_url.is_full_state() {
-                    state
-                        .sent
-                        .known_map()
-                        .values()
-                        .map(|r| r.body.clone())
-                        .collect()
+                    state.sent.share(&available);
+                    if state.sent.is(&available) {
+                        encoded_resources = Some(snapshot.encoded_resources(self.group, type_url));
+                        Vec::new()
+                    } else {
+                        state
+                            .sent
+                            .known_map()
+                            .values()
+                            .map(|r| r.body.clone())
+                            .collect()
+                    }
                 } else {
                     changed.iter().map(|r| r.body.clone()).collect()
                 };
-                Response::Sotw(DiscoveryResponse {
-                    version_info: version,
-                    resources,
-                    type_url: type_url.as_str().to_owned(),
-                    nonce,
-                    ..Default::default()
+                Response::Sotw(SotwResponse {
+                    message: DiscoveryResponse {
+                        version_info: version,
+                        resources,
+                        type_url: type_url.as_str().to_owned(),
+                        nonce,
+                        ..Default::default()
+                    },
+                    encoded_resources,
                 })
             }
             Mode::Delta => Response::Delta(DeltaDiscoveryResponse {
@@ -1190,7 +1230,7 @@ mod tests {
         responses
             .into_iter()
             .map(|r| match r {
-                Response::Sotw(r) => r,
+                Response::Sotw(r) => r.decoded(),
                 Response::Delta(_) => panic!("a delta response on a SotW stream"),
             })
             .collect()
@@ -1454,10 +1494,31 @@ mod tests {
         assert_eq!(short(&cds), [("CDS", 1)], "a goes once no route names it");
     }
 
+    #[test]
+    fn a_full_sotw_answer_carries_the_resources_the_snapshot_encoded_once() {
+        let snapshot = base();
+        let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
+        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
+        let responses = stream.poll(&snapshot);
+        let [Response::Sotw(cds)] = responses.as_slice() else {
+            panic!("one CDS answer: {responses:?}");
+        };
+        assert_eq!(
+            cds.encoded_resources,
+            Some(snapshot.encoded_resources(Group::All, TypeUrl::Cluster)),
+            "the group's encoding, not the stream's"
+        );
+        assert!(cds.message.resources.is_empty());
+        let available = snapshot.resources(Group::All, TypeUrl::Cluster);
+        let bodies: Vec<_> = available.values().map(|r| r.body.clone()).collect();
+        assert_eq!(cds.decoded().resources, bodies);
+        assert_eq!(cds.decoded().nonce, cds.message.nonce);
+    }
+
     fn shares(stream: &StreamState, snapshot: &Snapshot, type_url: TypeUrl) -> bool {
         stream.types[&type_url]
             .sent
-            .shares(snapshot.resources(Group::All, type_url))
+            .is(snapshot.resources(Group::All, type_url))
     }
 
     #[test]
