@@ -103,7 +103,8 @@ impl SotwResponse {
     }
 
     /// The message as Envoy reads it, the encoded resources included.
-    pub fn decoded(&self) -> DiscoveryResponse {
+    #[cfg(test)]
+    pub(crate) fn decoded(&self) -> DiscoveryResponse {
         let mut bytes = Vec::new();
         self.encode(&mut bytes)
             .expect("a Vec grows to fit any message");
