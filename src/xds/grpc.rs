@@ -8,9 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic::codegen::{Body, Service, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService};
@@ -47,28 +45,22 @@ impl NamedService for AdsServer {
     const NAME: &'static str = SERVICE;
 }
 
-struct Sotw(AdsService);
+/// One streaming method: the service and how it opens a stream of that method.
+struct Rpc<Req, Resp>(
+    AdsService,
+    fn(&AdsService, Streaming<Req>) -> ResponseStream<Resp>,
+);
 
-impl StreamingService<DiscoveryRequest> for Sotw {
-    type Response = SotwResponse;
-    type ResponseStream = ResponseStream<SotwResponse>;
+impl<Req, Resp> StreamingService<Req> for Rpc<Req, Resp>
+where
+    Resp: Send + 'static,
+{
+    type Response = Resp;
+    type ResponseStream = ResponseStream<Resp>;
     type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, Status>>;
 
-    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let stream = self.0.sotw(request.into_inner());
-        Box::pin(async move { Ok(tonic::Response::new(stream)) })
-    }
-}
-
-struct Delta(AdsService);
-
-impl StreamingService<DeltaDiscoveryRequest> for Delta {
-    type Response = DeltaDiscoveryResponse;
-    type ResponseStream = ResponseStream<DeltaDiscoveryResponse>;
-    type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let stream = self.0.delta(request.into_inner());
+    fn call(&mut self, request: tonic::Request<Streaming<Req>>) -> Self::Future {
+        let stream = (self.1)(&self.0, request.into_inner());
         Box::pin(async move { Ok(tonic::Response::new(stream)) })
     }
 }
@@ -91,11 +83,15 @@ where
         match request.uri().path() {
             SOTW_PATH => Box::pin(async move {
                 let mut grpc = limited(SotwCodec);
-                Ok(grpc.streaming(Sotw(service), request).await)
+                Ok(grpc
+                    .streaming(Rpc(service, AdsService::sotw), request)
+                    .await)
             }),
             DELTA_PATH => Box::pin(async move {
                 let mut grpc = limited(ProstCodec::default());
-                Ok(grpc.streaming(Delta(service), request).await)
+                Ok(grpc
+                    .streaming(Rpc(service, AdsService::delta), request)
+                    .await)
             }),
             _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
         }
