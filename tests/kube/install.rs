@@ -215,8 +215,8 @@ pub async fn install_knative(_shared: &'static Cluster) {
     );
 }
 
-fn container(deployment: &Deployment) -> &k8s_openapi::api::core::v1::Container {
-    &deployment
+fn pod_spec(deployment: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    deployment
         .spec
         .as_ref()
         .unwrap()
@@ -224,19 +224,15 @@ fn container(deployment: &Deployment) -> &k8s_openapi::api::core::v1::Container 
         .spec
         .as_ref()
         .unwrap()
-        .containers[0]
+}
+
+fn container(deployment: &Deployment) -> &k8s_openapi::api::core::v1::Container {
+    &pod_spec(deployment).containers[0]
 }
 
 /// The name of the Secret whose volume the Deployment's container mounts at `path`.
 fn mounted_secret(deployment: &Deployment, path: &str) -> String {
-    let spec = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let spec = pod_spec(deployment);
     let mount = container(deployment)
         .volume_mounts
         .iter()
