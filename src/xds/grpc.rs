@@ -1,25 +1,33 @@
-//! The ADS service on the wire. tonic's generated server encodes each response with prost,
-//! which for a SotW full-state answer meant every stream copying and encoding every resource of
-//! the type on every change. This service is the generated one's routing with a codec that
-//! also writes a response's resources as the snapshot encoded them once for the whole group.
+//! The ADS service on the wire: gRPC's framing of Envoy's `AggregatedDiscoveryService`.
+//!
+//! tonic's generated server would do this, but at a fleet's scale it costs too much per stream:
+//! its encoder keeps a buffer as large as the largest batch a stream ever sent (176 KB a stream
+//! at 1,000 ingresses), its decoder one as large as the largest request (66 KB), and every
+//! response is copied into that buffer, a SotW full-state answer's resources included although
+//! the snapshot encoded them once for the whole group. Here a response is written into a buffer
+//! of exactly its size, a full-state answer's shared resources go to HTTP/2 as they are (no
+//! copy), and a stream holds no buffer between messages.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
-use tonic::codegen::{Body, Service, StdError, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Status, Streaming};
-use tonic_prost::{ProstCodec, ProstDecoder};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use tonic::Status;
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
 
 use crate::xds::server::{AdsService, ResponseStream};
 use crate::xds::stream::SotwResponse;
 
 /// gRPC's default 4 MiB limit is hit by large delta requests and full responses.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// A gRPC message's prefix: a compression flag and the message's length.
+const PREFIX_BYTES: usize = 5;
 
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const SOTW_PATH: &str =
@@ -45,31 +53,7 @@ impl NamedService for AdsServer {
     const NAME: &'static str = SERVICE;
 }
 
-/// One streaming method: the service and how it opens a stream of that method.
-struct Rpc<Req, Resp>(
-    AdsService,
-    fn(&AdsService, Streaming<Req>) -> ResponseStream<Resp>,
-);
-
-impl<Req, Resp> StreamingService<Req> for Rpc<Req, Resp>
-where
-    Resp: Send + 'static,
-{
-    type Response = Resp;
-    type ResponseStream = ResponseStream<Resp>;
-    type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<Req>>) -> Self::Future {
-        let stream = (self.1)(&self.0, request.into_inner());
-        Box::pin(async move { Ok(tonic::Response::new(stream)) })
-    }
-}
-
-impl<B> Service<http::Request<B>> for AdsServer
-where
-    B: Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
+impl Service<http::Request<tonic::body::Body>> for AdsServer {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Self::Response, Infallible>>;
@@ -78,56 +62,306 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let service = self.service.clone();
-        match request.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = limited(SotwCodec);
-                Ok(grpc
-                    .streaming(Rpc(service, AdsService::sotw), request)
-                    .await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc = limited(ProstCodec::default());
-                Ok(grpc
-                    .streaming(Rpc(service, AdsService::delta), request)
-                    .await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let response = match request.uri().path() {
+            SOTW_PATH => respond(self.service.sotw(Requests::new(request.into_body()))),
+            DELTA_PATH => respond(self.service.delta(Requests::new(request.into_body()))),
+            _ => Status::unimplemented("").into_http(),
+        };
+        Box::pin(async move { Ok(response) })
+    }
+}
+
+fn respond<M: WireMessage>(responses: ResponseStream<M>) -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::new(Responses {
+        messages: responses,
+        shared: None,
+        ended: false,
+    }));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// A stream's requests, decoded from its HTTP/2 body. Holds the bytes of at most one message
+/// being assembled, and no buffer once it is decoded.
+pub(super) struct Requests<M> {
+    body: tonic::body::Body,
+    received: BytesMut,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<M: prost::Message + Default> Requests<M> {
+    fn new(body: tonic::body::Body) -> Self {
+        Requests {
+            body,
+            received: BytesMut::new(),
+            message: PhantomData,
         }
     }
-}
 
-fn limited<C: Codec>(codec: C) -> Grpc<C> {
-    Grpc::new(codec).apply_max_message_size_config(Some(MAX_MESSAGE_BYTES), Some(MAX_MESSAGE_BYTES))
-}
-
-/// Decodes SotW requests with prost; encodes [`SotwResponse`]s, shared resources included.
-struct SotwCodec;
-
-impl Codec for SotwCodec {
-    type Encode = SotwResponse;
-    type Decode = DiscoveryRequest;
-    type Encoder = SotwEncoder;
-    type Decoder = ProstDecoder<DiscoveryRequest>;
-
-    fn encoder(&mut self) -> SotwEncoder {
-        SotwEncoder
+    /// The next request; `None` once the Envoy closed its side.
+    pub(super) async fn message(&mut self) -> Result<Option<M>, Status> {
+        loop {
+            if let Some(message) = self.decode_received()? {
+                return Ok(Some(message));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.received.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) => return Err(status),
+                None if self.received.is_empty() => return Ok(None),
+                None => {
+                    return Err(Status::invalid_argument(
+                        "the xDS stream ended in the middle of a request",
+                    ));
+                }
+            }
+        }
     }
 
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<(), DiscoveryRequest>::raw_decoder(BufferSettings::default())
+    fn decode_received(&mut self) -> Result<Option<M>, Status> {
+        let Some(prefix) = self.received.get(..PREFIX_BYTES) else {
+            return Ok(None);
+        };
+        if prefix[0] != 0 {
+            return Err(Status::unimplemented(
+                "sluice does not take compressed xDS requests: turn off gRPC compression for the xDS cluster",
+            ));
+        }
+        let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if length > MAX_MESSAGE_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "an xDS request of {length} bytes is over sluice's limit of {MAX_MESSAGE_BYTES}"
+            )));
+        }
+        let missing = (PREFIX_BYTES + length).saturating_sub(self.received.len());
+        if missing > 0 {
+            self.received.reserve(missing);
+            return Ok(None);
+        }
+        self.received.advance(PREFIX_BYTES);
+        let message = M::decode(self.received.split_to(length)).map_err(|error| {
+            Status::invalid_argument(format!("decoding an xDS request: {error}"))
+        })?;
+        if self.received.is_empty() {
+            self.received = BytesMut::new();
+        }
+        Ok(Some(message))
     }
 }
 
-struct SotwEncoder;
+/// A response as gRPC frames it: the message, and bytes shared with other streams that follow
+/// it as the rest of the message.
+pub(super) trait WireMessage: Send + 'static {
+    fn encoded_len(&self) -> usize;
+    fn encode_own(&self, buf: &mut BytesMut) -> Result<(), prost::EncodeError>;
+    fn shared(&self) -> Option<Bytes>;
+}
 
-impl Encoder for SotwEncoder {
-    type Item = SotwResponse;
+impl WireMessage for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
+    fn encoded_len(&self) -> usize {
+        prost::Message::encoded_len(self)
+    }
+
+    fn encode_own(&self, buf: &mut BytesMut) -> Result<(), prost::EncodeError> {
+        prost::Message::encode(self, buf)
+    }
+
+    fn shared(&self) -> Option<Bytes> {
+        None
+    }
+}
+
+/// A response written with its gRPC prefix into a buffer of exactly its size, and what follows
+/// it as the rest of the message.
+fn frame(message: &impl WireMessage) -> Result<(Bytes, Option<Bytes>), Status> {
+    let shared = message.shared();
+    let own = message.encoded_len();
+    let length = own + shared.as_ref().map_or(0, Bytes::len);
+    let length = u32::try_from(length)
+        .ok()
+        .filter(|&length| length as usize <= MAX_MESSAGE_BYTES)
+        .ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "an xDS response of {length} bytes is over sluice's limit of {MAX_MESSAGE_BYTES}"
+            ))
+        })?;
+    let mut buf = BytesMut::with_capacity(PREFIX_BYTES + own);
+    buf.put_u8(0);
+    buf.put_u32(length);
+    message
+        .encode_own(&mut buf)
+        .map_err(|error| Status::internal(format!("encoding an xDS response: {error}")))?;
+    Ok((buf.freeze(), shared))
+}
+
+/// A stream's responses as an HTTP/2 body: each message its own data, ended by gRPC's status.
+struct Responses<M> {
+    messages: ResponseStream<M>,
+    /// The shared rest of the message last framed, sent next.
+    shared: Option<Bytes>,
+    ended: bool,
+}
+
+impl<M: WireMessage> hyper::body::Body for Responses<M> {
+    type Data = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: SotwResponse, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(buf)
-            .map_err(|error| Status::internal(format!("encoding a SotW response: {error}")))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(shared) = self.shared.take() {
+            return Poll::Ready(Some(Ok(Frame::data(shared))));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let status = match ready!(self.messages.as_mut().poll_next(cx)) {
+            Some(Ok(message)) => match frame(&message) {
+                Ok((own, shared)) => {
+                    self.shared = shared;
+                    return Poll::Ready(Some(Ok(Frame::data(own))));
+                }
+                Err(status) => status,
+            },
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        self.ended = true;
+        let mut trailers = http::HeaderMap::new();
+        match status.add_header(&mut trailers) {
+            Ok(()) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Err(status) => Poll::Ready(Some(Err(status))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.shared.is_none()
+    }
+}
+
+impl WireMessage for SotwResponse {
+    fn encoded_len(&self) -> usize {
+        prost::Message::encoded_len(&self.message)
+    }
+
+    fn encode_own(&self, buf: &mut BytesMut) -> Result<(), prost::EncodeError> {
+        prost::Message::encode(&self.message, buf)
+    }
+
+    /// Protobuf reads a repeated field's entries wherever they come in the message, so the
+    /// resources the snapshot encoded for the group follow the rest as they are.
+    fn shared(&self) -> Option<Bytes> {
+        self.encoded_resources.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    use prost::Message;
+
+    fn body(chunks: Vec<Vec<u8>>) -> tonic::body::Body {
+        let frames = chunks
+            .into_iter()
+            .map(|chunk| Ok::<_, Status>(Frame::data(Bytes::from(chunk))));
+        tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
+    }
+
+    fn framed(message: &impl Message) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+        message.encode(&mut bytes).unwrap();
+        bytes
+    }
+
+    fn request(version: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: version.into(),
+            resource_names: (0..200).map(|n| format!("cluster-{n}")).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_are_decoded_however_the_body_splits_them_and_no_buffer_is_kept() {
+        let wire: Vec<u8> = [request("1"), request("2"), request("3")]
+            .iter()
+            .flat_map(framed)
+            .collect();
+        for chunk in [1, 4, 5, 7, 1000, wire.len()] {
+            let mut requests = Requests::<DiscoveryRequest>::new(body(
+                wire.chunks(chunk).map(<[u8]>::to_vec).collect(),
+            ));
+            for version in ["1", "2", "3"] {
+                let decoded = requests.message().await.unwrap().unwrap();
+                assert_eq!(decoded, request(version), "chunks of {chunk}");
+            }
+            assert_eq!(
+                requests.received.capacity(),
+                0,
+                "chunks of {chunk}: a buffer kept"
+            );
+            assert_eq!(requests.message().await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_or_compressed_request_is_an_error() {
+        let mut truncated = framed(&request("1"));
+        truncated.pop();
+        let mut requests = Requests::<DiscoveryRequest>::new(body(vec![truncated]));
+        let status = requests.message().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+        let mut compressed = framed(&request("1"));
+        compressed[0] = 1;
+        let mut requests = Requests::<DiscoveryRequest>::new(body(vec![compressed]));
+        let status = requests.message().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(status.message().contains("compression"), "{status}");
+    }
+
+    #[test]
+    fn a_response_and_its_shared_resources_make_one_message() {
+        let shared = DiscoveryResponse {
+            resources: (0..3)
+                .map(|n| envoy_types::pb::google::protobuf::Any {
+                    type_url: "type".into(),
+                    value: vec![n; 10],
+                })
+                .collect(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let response = SotwResponse {
+            message: DiscoveryResponse {
+                version_info: "7".into(),
+                nonce: "n".into(),
+                ..Default::default()
+            },
+            encoded_resources: Some(Bytes::from(shared.clone())),
+        };
+        let (own, rest) = frame(&response).unwrap();
+        let rest = rest.unwrap();
+        assert_eq!(rest, shared, "the shared bytes are sent as they are");
+        assert_eq!(own.len(), PREFIX_BYTES + response.message.encoded_len());
+        let length = u32::from_be_bytes(own[1..PREFIX_BYTES].try_into().unwrap()) as usize;
+        assert_eq!(length, own.len() - PREFIX_BYTES + rest.len());
+        let message = [&own[PREFIX_BYTES..], &rest[..]].concat();
+        assert_eq!(
+            DiscoveryResponse::decode(message.as_slice()).unwrap(),
+            response.decoded()
+        );
     }
 }

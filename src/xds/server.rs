@@ -16,9 +16,10 @@ use futures::Stream;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::metrics::Metrics;
+use crate::xds::grpc::Requests;
 use crate::xds::resource::{Group, Snapshot, TypeUrl};
 use crate::xds::stream::{
     ClusterResources, Mode, RequestOutcome, Response, SotwResponse, StreamState,
@@ -280,7 +281,7 @@ fn role_of(node: &Node) -> Option<String> {
 }
 
 /// The two protocol variants, seen the same way by the stream loop.
-trait XdsRequest: Send + 'static {
+trait XdsRequest: prost::Message + Default + Send + 'static {
     fn node(&self) -> Option<&Node>;
     fn apply(&self, state: &mut StreamState) -> RequestOutcome;
     fn type_url(&self) -> &str;
@@ -316,7 +317,7 @@ impl AdsService {
     fn open<Req: XdsRequest, Resp: Send + 'static>(
         &self,
         mode: Mode,
-        inbound: Streaming<Req>,
+        inbound: Requests<Req>,
         unwrap: fn(Response) -> Option<Resp>,
     ) -> ResponseStream<Resp> {
         let (tx, rx) = mpsc::channel(8);
@@ -330,7 +331,7 @@ impl AdsService {
     async fn serve_stream<Req: XdsRequest, Resp: Send + 'static>(
         self,
         mode: Mode,
-        mut inbound: Streaming<Req>,
+        mut inbound: Requests<Req>,
         tx: mpsc::Sender<Result<Resp, Status>>,
         unwrap: fn(Response) -> Option<Resp>,
     ) {
@@ -428,7 +429,7 @@ impl AdsService {
     async fn await_reconnect<Req: XdsRequest>(
         &self,
         proxy: &Proxy,
-        inbound: &mut Streaming<Req>,
+        inbound: &mut Requests<Req>,
         converging: &mut Converging,
     ) -> bool {
         let deadline = Instant::now() + RECONNECT_MAX;
@@ -519,10 +520,7 @@ impl AdsService {
 }
 
 impl AdsService {
-    pub(super) fn sotw(
-        &self,
-        inbound: Streaming<DiscoveryRequest>,
-    ) -> ResponseStream<SotwResponse> {
+    pub(super) fn sotw(&self, inbound: Requests<DiscoveryRequest>) -> ResponseStream<SotwResponse> {
         self.open(Mode::StateOfTheWorld, inbound, |response| match response {
             Response::Sotw(response) => Some(response),
             Response::Delta(_) => None,
@@ -531,7 +529,7 @@ impl AdsService {
 
     pub(super) fn delta(
         &self,
-        inbound: Streaming<DeltaDiscoveryRequest>,
+        inbound: Requests<DeltaDiscoveryRequest>,
     ) -> ResponseStream<DeltaDiscoveryResponse> {
         self.open(Mode::Delta, inbound, |response| match response {
             Response::Delta(response) => Some(response),

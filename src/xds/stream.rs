@@ -34,12 +34,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
     Resource as DeltaResource,
 };
-use prost::Message;
 use serde::Serialize;
 
 use imbl::OrdMap;
@@ -94,20 +93,12 @@ pub struct SotwResponse {
 }
 
 impl SotwResponse {
-    pub fn encode(&self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
-        self.message.encode(buf)?;
-        if let Some(resources) = &self.encoded_resources {
-            buf.put_slice(resources);
-        }
-        Ok(())
-    }
-
     /// The message as Envoy reads it, the encoded resources included.
     #[cfg(test)]
     pub(crate) fn decoded(&self) -> DiscoveryResponse {
-        let mut bytes = Vec::new();
-        self.encode(&mut bytes)
-            .expect("a Vec grows to fit any message");
+        use prost::Message;
+        let mut bytes = self.message.encode_to_vec();
+        bytes.extend_from_slice(self.encoded_resources.as_deref().unwrap_or_default());
         DiscoveryResponse::decode(bytes.as_slice()).expect("sluice encodes valid messages")
     }
 }
