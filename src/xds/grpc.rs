@@ -22,7 +22,7 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
 use crate::xds::server::{AdsService, ResponseStream};
-use crate::xds::stream::SotwResponse;
+use crate::xds::stream::WireResponse;
 
 /// gRPC's default 4 MiB limit is hit by large delta requests and full responses.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -72,7 +72,9 @@ impl Service<http::Request<tonic::body::Body>> for AdsServer {
     }
 }
 
-fn respond<M: WireMessage>(responses: ResponseStream<M>) -> http::Response<tonic::body::Body> {
+fn respond<M: prost::Message + 'static>(
+    responses: ResponseStream<WireResponse<M>>,
+) -> http::Response<tonic::body::Body> {
     let mut response = http::Response::new(tonic::body::Body::new(Responses {
         messages: responses,
         shared: None,
@@ -156,34 +158,11 @@ impl<M: prost::Message + Default> Requests<M> {
     }
 }
 
-/// A response as gRPC frames it: the message, and bytes shared with other streams that follow
-/// it as the rest of the message.
-pub(super) trait WireMessage: Send + 'static {
-    fn encoded_len(&self) -> usize;
-    fn encode_own(&self, buf: &mut BytesMut) -> Result<(), prost::EncodeError>;
-    fn shared(&self) -> Option<Bytes>;
-}
-
-impl WireMessage for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
-    fn encoded_len(&self) -> usize {
-        prost::Message::encoded_len(self)
-    }
-
-    fn encode_own(&self, buf: &mut BytesMut) -> Result<(), prost::EncodeError> {
-        prost::Message::encode(self, buf)
-    }
-
-    fn shared(&self) -> Option<Bytes> {
-        None
-    }
-}
-
-/// A response written with its gRPC prefix into a buffer of exactly its size, and what follows
-/// it as the rest of the message.
-fn frame(message: &impl WireMessage) -> Result<(Bytes, Option<Bytes>), Status> {
-    let shared = message.shared();
-    let own = message.encoded_len();
-    let length = own + shared.as_ref().map_or(0, Bytes::len);
+/// A response written with its gRPC prefix into a buffer of exactly its size, and its encoded
+/// resources, which follow it uncopied as the rest of the message.
+fn frame<M: prost::Message>(response: &WireResponse<M>) -> Result<(Bytes, Option<Bytes>), Status> {
+    let own = response.message.encoded_len();
+    let length = own + response.encoded_resources.as_ref().map_or(0, Bytes::len);
     let length = u32::try_from(length)
         .ok()
         .filter(|&length| length as usize <= MAX_MESSAGE_BYTES)
@@ -195,10 +174,11 @@ fn frame(message: &impl WireMessage) -> Result<(Bytes, Option<Bytes>), Status> {
     let mut buf = BytesMut::with_capacity(PREFIX_BYTES + own);
     buf.put_u8(0);
     buf.put_u32(length);
-    message
-        .encode_own(&mut buf)
+    response
+        .message
+        .encode(&mut buf)
         .map_err(|error| Status::internal(format!("encoding an xDS response: {error}")))?;
-    Ok((buf.freeze(), shared))
+    Ok((buf.freeze(), response.encoded_resources.clone()))
 }
 
 /// A stream's responses as an HTTP/2 body: each message its own data, ended by gRPC's status.
@@ -209,7 +189,7 @@ struct Responses<M> {
     ended: bool,
 }
 
-impl<M: WireMessage> hyper::body::Body for Responses<M> {
+impl<M: prost::Message + 'static> hyper::body::Body for Responses<WireResponse<M>> {
     type Data = Bytes;
     type Error = Status;
 
@@ -247,25 +227,10 @@ impl<M: WireMessage> hyper::body::Body for Responses<M> {
     }
 }
 
-impl WireMessage for SotwResponse {
-    fn encoded_len(&self) -> usize {
-        prost::Message::encoded_len(&self.message)
-    }
-
-    fn encode_own(&self, buf: &mut BytesMut) -> Result<(), prost::EncodeError> {
-        prost::Message::encode(&self.message, buf)
-    }
-
-    /// Protobuf reads a repeated field's entries wherever they come in the message, so the
-    /// resources the snapshot encoded for the group follow the rest as they are.
-    fn shared(&self) -> Option<Bytes> {
-        self.encoded_resources.clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xds::stream::SotwResponse;
     use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
     use prost::Message;
 

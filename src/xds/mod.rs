@@ -18,6 +18,6 @@ pub use server::{
     XdsTlsError,
 };
 pub use stream::{
-    ClusterResources, Mode, Nack, RequestOutcome, Response, SentResource, SotwResponse,
-    StreamState, SyncStatus, TypeStatus,
+    ClusterResources, DeltaResponse, Mode, Nack, RequestOutcome, Response, SentResource,
+    SotwResponse, StreamState, SyncStatus, TypeStatus, WireResponse,
 };

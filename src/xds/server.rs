@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::value::Kind;
 use futures::Stream;
 use serde::Serialize;
@@ -22,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::xds::grpc::Requests;
 use crate::xds::resource::{Group, Snapshot, TypeUrl};
 use crate::xds::stream::{
-    ClusterResources, Mode, RequestOutcome, Response, SotwResponse, StreamState,
+    ClusterResources, DeltaResponse, Mode, RequestOutcome, Response, SotwResponse, StreamState,
 };
 
 /// What the server serves: `None` until the source's first full load is translated, because
@@ -510,7 +508,7 @@ impl AdsService {
     fn count_push(&self, response: &Response, since: Instant, converging: &mut Converging) {
         let type_url = match response {
             Response::Sotw(r) => &r.message.type_url,
-            Response::Delta(r) => &r.type_url,
+            Response::Delta(r) => &r.message.type_url,
         };
         if let Some(type_url) = TypeUrl::parse(type_url) {
             self.metrics.record_push(type_url.short());
@@ -530,7 +528,7 @@ impl AdsService {
     pub(super) fn delta(
         &self,
         inbound: Requests<DeltaDiscoveryRequest>,
-    ) -> ResponseStream<DeltaDiscoveryResponse> {
+    ) -> ResponseStream<DeltaResponse> {
         self.open(Mode::Delta, inbound, |response| match response {
             Response::Delta(response) => Some(response),
             Response::Sotw(_) => None,

@@ -79,28 +79,53 @@ pub enum RequestOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {
     Sotw(SotwResponse),
-    Delta(DeltaDiscoveryResponse),
+    Delta(DeltaResponse),
 }
 
-/// A SotW response. One that carries every resource the snapshot has of a full-state type for
-/// the stream's group carries them as the snapshot encoded them once for the whole group
-/// ([`Snapshot::encoded_resources`]), appended to the rest of the message on the wire: protobuf
-/// reads a repeated field's entries wherever they come.
+/// A response whose resources are already encoded, appended to the rest of the message on the
+/// wire (protobuf reads a repeated field's entries wherever they come). A SotW answer that
+/// carries every resource the snapshot has of a full-state type for the stream's group carries
+/// them as the snapshot encoded them once for the whole group
+/// ([`Snapshot::encoded_resources`]); a delta response's resources are encoded into one buffer
+/// when it is made, so a response waiting to be sent holds no copy of each.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SotwResponse {
-    pub message: DiscoveryResponse,
+pub struct WireResponse<M> {
+    pub message: M,
     pub encoded_resources: Option<Bytes>,
 }
 
-impl SotwResponse {
+pub type SotwResponse = WireResponse<DiscoveryResponse>;
+pub type DeltaResponse = WireResponse<DeltaDiscoveryResponse>;
+
+impl<M: prost::Message + Default> WireResponse<M> {
     /// The message as Envoy reads it, the encoded resources included.
     #[cfg(test)]
-    pub(crate) fn decoded(&self) -> DiscoveryResponse {
-        use prost::Message;
+    pub(crate) fn decoded(&self) -> M {
         let mut bytes = self.message.encode_to_vec();
         bytes.extend_from_slice(self.encoded_resources.as_deref().unwrap_or_default());
-        DiscoveryResponse::decode(bytes.as_slice()).expect("sluice encodes valid messages")
+        M::decode(bytes.as_slice()).expect("sluice encodes valid messages")
     }
+}
+
+/// The `resources` field of a delta response holding these, encoded.
+fn encode_delta_resources(resources: &[Arc<Resource>]) -> Bytes {
+    let entries: Vec<DeltaDiscoveryResponse> = resources
+        .iter()
+        .map(|r| DeltaDiscoveryResponse {
+            resources: vec![DeltaResource {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                resource: Some(r.body.clone()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .collect();
+    let mut encoded = Vec::with_capacity(entries.iter().map(prost::Message::encoded_len).sum());
+    for entry in &entries {
+        prost::Message::encode(entry, &mut encoded).expect("a Vec grows to fit any message");
+    }
+    Bytes::from(encoded)
 }
 
 /// A cluster, and its endpoints when EDS feeds it, as the control plane would serve them now:
@@ -1028,21 +1053,15 @@ impl StreamState {
                     encoded_resources,
                 })
             }
-            Mode::Delta => Response::Delta(DeltaDiscoveryResponse {
-                system_version_info: version,
-                resources: changed
-                    .iter()
-                    .map(|r| DeltaResource {
-                        name: r.name.clone(),
-                        version: r.version.clone(),
-                        resource: Some(r.body.clone()),
-                        ..Default::default()
-                    })
-                    .collect(),
-                type_url: type_url.as_str().to_owned(),
-                removed_resources: removed,
-                nonce,
-                ..Default::default()
+            Mode::Delta => Response::Delta(DeltaResponse {
+                message: DeltaDiscoveryResponse {
+                    system_version_info: version,
+                    type_url: type_url.as_str().to_owned(),
+                    removed_resources: removed,
+                    nonce,
+                    ..Default::default()
+                },
+                encoded_resources: (!changed.is_empty()).then(|| encode_delta_resources(&changed)),
             }),
         };
         Some(response)
@@ -1594,7 +1613,7 @@ mod tests {
         responses
             .into_iter()
             .map(|r| match r {
-                Response::Delta(r) => r,
+                Response::Delta(r) => r.decoded(),
                 Response::Sotw(_) => panic!("a SotW response on a delta stream"),
             })
             .collect()
