@@ -107,8 +107,8 @@ impl<M: prost::Message + Default> WireResponse<M> {
     }
 }
 
-/// The `resources` field of a delta response holding these, encoded.
-fn encode_delta_resources(resources: &[Arc<Resource>]) -> Bytes {
+/// The `resources` field of a delta response holding these, encoded; `None` for none.
+fn encode_delta_resources(resources: &[Arc<Resource>]) -> Option<Bytes> {
     let entries: Vec<DeltaDiscoveryResponse> = resources
         .iter()
         .map(|r| DeltaDiscoveryResponse {
@@ -121,11 +121,33 @@ fn encode_delta_resources(resources: &[Arc<Resource>]) -> Bytes {
             ..Default::default()
         })
         .collect();
-    let mut encoded = Vec::with_capacity(entries.iter().map(prost::Message::encoded_len).sum());
-    for entry in &entries {
-        prost::Message::encode(entry, &mut encoded).expect("a Vec grows to fit any message");
+    encode_all(&entries)
+}
+
+/// The `resources` field of a SotW response holding these, encoded; `None` for none.
+fn encode_sotw_resources(resources: &[Arc<Resource>]) -> Option<Bytes> {
+    let entries: Vec<DiscoveryResponse> = resources
+        .iter()
+        .map(|r| DiscoveryResponse {
+            resources: vec![r.body.clone()],
+            ..Default::default()
+        })
+        .collect();
+    encode_all(&entries)
+}
+
+/// Messages encoded one after the other into one buffer of exactly their size.
+fn encode_all<M: prost::Message>(messages: &[M]) -> Option<Bytes> {
+    if messages.is_empty() {
+        return None;
     }
-    Bytes::from(encoded)
+    let mut encoded = Vec::with_capacity(messages.iter().map(M::encoded_len).sum());
+    for message in messages {
+        message
+            .encode(&mut encoded)
+            .expect("a Vec grows to fit any message");
+    }
+    Some(Bytes::from(encoded))
 }
 
 /// A cluster, and its endpoints when EDS feeds it, as the control plane would serve them now:
@@ -140,8 +162,26 @@ pub struct ClusterResources {
 struct InFlight {
     nonce: String,
     version: String,
-    /// What the client holds of this type once it accepts the response.
-    changes: BTreeMap<String, Option<Held>>,
+    /// What the response carries and what it removes, each in name order: what the client
+    /// holds of this type once it accepts the response.
+    sent: Vec<Arc<Resource>>,
+    removed: Vec<String>,
+}
+
+impl InFlight {
+    fn carries(&self, name: &str) -> bool {
+        self.sent
+            .binary_search_by(|resource| resource.name.as_str().cmp(name))
+            .is_ok()
+            || self
+                .removed
+                .binary_search_by(|n| n.as_str().cmp(name))
+                .is_ok()
+    }
+
+    fn names(&self) -> impl Iterator<Item = &String> {
+        self.sent.iter().map(|r| &r.name).chain(&self.removed)
+    }
 }
 
 /// Which of a type's views of the client a change applies to.
@@ -630,31 +670,29 @@ impl StreamState {
             return RequestOutcome::Subscribed;
         };
         if let Some(settled) = &mut self.settled {
-            settled.extend(
-                in_flight
-                    .changes
-                    .keys()
-                    .map(|name| (type_url, name.clone())),
-            );
+            settled.extend(in_flight.names().map(|name| (type_url, name.clone())));
         }
         if let Some(message) = error {
             let nack = Nack {
                 version: in_flight.version,
                 nonce: in_flight.nonce,
                 message: message.clone(),
-                resources: in_flight
-                    .changes
-                    .iter()
-                    .filter(|(_, held)| held.is_some())
-                    .map(|(name, _)| name.clone())
-                    .collect(),
+                resources: in_flight.sent.iter().map(|r| r.name.clone()).collect(),
             };
             state.last_nack = Some(nack.clone());
             return RequestOutcome::Nacked(nack);
         }
         state.acked_version = in_flight.version;
-        for (name, held) in in_flight.changes {
-            self.hold(type_url, View::Acked, &name, held);
+        for resource in &in_flight.sent {
+            self.hold(
+                type_url,
+                View::Acked,
+                &resource.name,
+                Some(Held::of(resource)),
+            );
+        }
+        for name in &in_flight.removed {
+            self.hold(type_url, View::Acked, name, None);
         }
         RequestOutcome::Acked
     }
@@ -801,10 +839,7 @@ impl StreamState {
         self.types.get(&type_url).is_some_and(|state| {
             state.acked(name).is_some()
                 && !state.force.contains(name)
-                && state
-                    .in_flight
-                    .as_ref()
-                    .is_none_or(|f| !f.changes.contains_key(name))
+                && state.in_flight.as_ref().is_none_or(|f| !f.carries(name))
         })
     }
 
@@ -997,14 +1032,20 @@ impl StreamState {
         }
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
-        let mut changes: BTreeMap<String, Option<Held>> = changed
-            .iter()
-            .map(|resource| (resource.name.clone(), Some(Held::of(resource))))
-            .collect();
-        changes.extend(removed.iter().map(|name| (name.clone(), None)));
-        for (name, held) in &changes {
+        changed.sort_by(|a, b| a.name.cmp(&b.name));
+        removed.sort();
+        for resource in &changed {
+            self.types.get_mut(&type_url)?.force.remove(&resource.name);
+            self.hold(
+                type_url,
+                View::Sent,
+                &resource.name,
+                Some(Held::of(resource)),
+            );
+        }
+        for name in &removed {
             self.types.get_mut(&type_url)?.force.remove(name);
-            self.hold(type_url, View::Sent, name, held.clone());
+            self.hold(type_url, View::Sent, name, None);
         }
         if type_url == TypeUrl::Cluster {
             self.refresh_endpoints_of(&changed);
@@ -1017,37 +1058,25 @@ impl StreamState {
         state.open_request = false;
         state.answered = true;
         state.last_nonce = nonce.clone();
-        state.in_flight = Some(InFlight {
-            nonce: nonce.clone(),
-            version: version.clone(),
-            changes,
-        });
         let response = match self.mode {
             Mode::StateOfTheWorld => {
                 // SotW carries every resource of a full-state type; of the others, what changed.
-                let mut encoded_resources = None;
-                let resources = if type_url.is_full_state() {
+                let encoded_resources = if !type_url.is_full_state() {
+                    encode_sotw_resources(&changed)
+                } else {
                     state.sent.share(&available);
                     if state.sent.is(&available) {
-                        encoded_resources = Some(snapshot.encoded_resources(self.group, type_url));
-                        Vec::new()
+                        Some(snapshot.encoded_resources(self.group, type_url))
                     } else {
-                        state
-                            .sent
-                            .known_map()
-                            .values()
-                            .map(|r| r.body.clone())
-                            .collect()
+                        let held: Vec<_> = state.sent.known_map().values().cloned().collect();
+                        encode_sotw_resources(&held)
                     }
-                } else {
-                    changed.iter().map(|r| r.body.clone()).collect()
                 };
                 Response::Sotw(SotwResponse {
                     message: DiscoveryResponse {
-                        version_info: version,
-                        resources,
+                        version_info: version.clone(),
                         type_url: type_url.as_str().to_owned(),
-                        nonce,
+                        nonce: nonce.clone(),
                         ..Default::default()
                     },
                     encoded_resources,
@@ -1055,15 +1084,21 @@ impl StreamState {
             }
             Mode::Delta => Response::Delta(DeltaResponse {
                 message: DeltaDiscoveryResponse {
-                    system_version_info: version,
+                    system_version_info: version.clone(),
                     type_url: type_url.as_str().to_owned(),
-                    removed_resources: removed,
-                    nonce,
+                    removed_resources: removed.clone(),
+                    nonce: nonce.clone(),
                     ..Default::default()
                 },
-                encoded_resources: (!changed.is_empty()).then(|| encode_delta_resources(&changed)),
+                encoded_resources: encode_delta_resources(&changed),
             }),
         };
+        state.in_flight = Some(InFlight {
+            nonce,
+            version,
+            sent: changed,
+            removed,
+        });
         Some(response)
     }
 
@@ -1110,10 +1145,7 @@ impl StreamState {
             .entries()
             .into_iter()
             .map(|(name, held)| {
-                let in_flight = state
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|f| f.changes.contains_key(name));
+                let in_flight = state.in_flight.as_ref().is_some_and(|f| f.carries(name));
                 let acked = state
                     .acked(name)
                     .is_some_and(|a| a.version() == held.version());
