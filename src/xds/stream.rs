@@ -507,17 +507,28 @@ impl StreamState {
         }
         let state = self.types.entry(type_url).or_default();
         let first = !state.requested;
+        // Most requests are ACKs naming what the client was sent: nothing to change then.
+        if state.requested
+            && !(type_url.is_full_state() && request.resource_names.is_empty())
+            && state
+                .subscription
+                .names_exactly_held(&request.resource_names, &state.sent)
+        {
+            state.open_request = true;
+            return outcome;
+        }
         let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
         let wildcard = type_url.is_full_state() && names.is_empty();
         let before = state.subscription.names(&state.sent);
+        let mut gone = Vec::new();
         if names != before || wildcard != state.subscription.wildcard() || !state.requested {
             // A changed subscription is answered even when nothing it names changed, so that
             // a client asking for a resource that does not exist yet still gets a response.
             state.answered = false;
             state.recheck.extend(names.difference(&before).cloned());
+            gone.extend(before.difference(&names).cloned());
+            state.subscription.replace(names, wildcard, &state.sent);
         }
-        let gone: Vec<String> = before.difference(&names).cloned().collect();
-        state.subscription.replace(names, wildcard, &state.sent);
         state.requested = true;
         state.open_request = true;
         for name in gone {
