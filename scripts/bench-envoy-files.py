@@ -149,14 +149,7 @@ def run(size, eager_stats):
     procs = []
     try:
         with tempfile.TemporaryDirectory() as work:
-            manifests = os.path.join(work, "manifests")
-            os.mkdir(manifests)
-            backend_port = latency.free_port()
-            procs.append(subprocess.Popen([latency.BACKEND, "--port", str(backend_port), "--message", "hi"],
-                                          stdout=subprocess.DEVNULL))
-            for i in range(size):
-                with open(os.path.join(manifests, f"svc-{i}.yaml"), "w") as f:
-                    f.write(latency.manifest(f"svc-{i}", backend_port))
+            manifests, _backend_port = latency.write_world(work, size, procs)
             http_port, internal_port = latency.free_port(), latency.free_port()
             config = served_config(manifests, http_port, internal_port)
             envoy_admin = latency.free_port()

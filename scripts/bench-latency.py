@@ -69,6 +69,20 @@ subsets:
 """
 
 
+def write_world(work, size, procs):
+    """Starts the backend (added to procs) and writes `size` ingress files into work/manifests;
+    returns that directory and the backend's port."""
+    manifests = os.path.join(work, "manifests")
+    os.mkdir(manifests)
+    backend_port = free_port()
+    procs.append(subprocess.Popen([BACKEND, "--port", str(backend_port), "--message", "hi"],
+                                  stdout=subprocess.DEVNULL))
+    for i in range(size):
+        with open(os.path.join(manifests, f"svc-{i}.yaml"), "w") as f:
+            f.write(manifest(f"svc-{i}", backend_port))
+    return manifests, backend_port
+
+
 def status(port, host, timeout=2.0):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -116,14 +130,7 @@ def run(size, rounds, delta, eager_stats):
     procs = []
     try:
         with tempfile.TemporaryDirectory() as work:
-            manifests = os.path.join(work, "manifests")
-            os.mkdir(manifests)
-            backend_port = free_port()
-            procs.append(subprocess.Popen([BACKEND, "--port", str(backend_port), "--message", "hi"],
-                                          stdout=subprocess.DEVNULL))
-            for i in range(size):
-                with open(os.path.join(manifests, f"svc-{i}.yaml"), "w") as f:
-                    f.write(manifest(f"svc-{i}", backend_port))
+            manifests, backend_port = write_world(work, size, procs)
             xds, admin, http_port, internal = (free_port() for _ in range(4))
             log = open(os.path.join(work, "sluice.log"), "w")
             procs.append(subprocess.Popen(

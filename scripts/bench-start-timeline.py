@@ -100,14 +100,7 @@ def main():
     procs = []
     try:
         with tempfile.TemporaryDirectory() as work:
-            manifests = os.path.join(work, "manifests")
-            os.mkdir(manifests)
-            backend_port = latency.free_port()
-            procs.append(subprocess.Popen([latency.BACKEND, "--port", str(backend_port), "--message", "hi"],
-                                          stdout=subprocess.DEVNULL))
-            for i in range(args.size):
-                with open(os.path.join(manifests, f"svc-{i}.yaml"), "w") as f:
-                    f.write(latency.manifest(f"svc-{i}", backend_port))
+            manifests, _backend_port = latency.write_world(work, args.size, procs)
             xds, admin, http_port, internal, envoy_admin = (latency.free_port() for _ in range(5))
             bootstrap = os.path.join(work, "envoy.yaml")
             command = [latency.SLUICE, "bootstrap", "--xds-addr", f"127.0.0.1:{xds}", "--node-id", "bench",
