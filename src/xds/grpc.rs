@@ -5,8 +5,8 @@
 //! at 1,000 ingresses), its decoder one as large as the largest request (66 KB), and every
 //! response is copied into that buffer, a SotW full-state answer's resources included although
 //! the snapshot encoded them once for the whole group. Here a response is written into a buffer
-//! of exactly its size, a full-state answer's shared resources go to HTTP/2 as they are (no
-//! copy), and a stream holds no buffer between messages.
+//! of exactly its size, its resources, already encoded (a SotW full-state answer's once for the
+//! whole group), go to HTTP/2 as they are, and a stream holds no buffer between messages.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -77,7 +77,7 @@ fn respond<M: prost::Message + 'static>(
 ) -> http::Response<tonic::body::Body> {
     let mut response = http::Response::new(tonic::body::Body::new(Responses {
         messages: responses,
-        shared: None,
+        resources_next: None,
         ended: false,
     }));
     response.headers_mut().insert(
@@ -184,8 +184,8 @@ fn frame<M: prost::Message>(response: &WireResponse<M>) -> Result<(Bytes, Option
 /// A stream's responses as an HTTP/2 body: each message its own data, ended by gRPC's status.
 struct Responses<M> {
     messages: ResponseStream<M>,
-    /// The shared rest of the message last framed, sent next.
-    shared: Option<Bytes>,
+    /// The encoded resources of the message last framed, sent next.
+    resources_next: Option<Bytes>,
     ended: bool,
 }
 
@@ -197,17 +197,17 @@ impl<M: prost::Message + 'static> hyper::body::Body for Responses<WireResponse<M
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(shared) = self.shared.take() {
-            return Poll::Ready(Some(Ok(Frame::data(shared))));
+        if let Some(resources) = self.resources_next.take() {
+            return Poll::Ready(Some(Ok(Frame::data(resources))));
         }
         if self.ended {
             return Poll::Ready(None);
         }
         let status = match ready!(self.messages.as_mut().poll_next(cx)) {
             Some(Ok(message)) => match frame(&message) {
-                Ok((own, shared)) => {
-                    self.shared = shared;
-                    return Poll::Ready(Some(Ok(Frame::data(own))));
+                Ok((message, resources)) => {
+                    self.resources_next = resources;
+                    return Poll::Ready(Some(Ok(Frame::data(message))));
                 }
                 Err(status) => status,
             },
@@ -223,7 +223,7 @@ impl<M: prost::Message + 'static> hyper::body::Body for Responses<WireResponse<M
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.shared.is_none()
+        self.ended && self.resources_next.is_none()
     }
 }
 
