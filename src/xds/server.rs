@@ -10,11 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::value::Kind;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 
 use crate::metrics::Metrics;
 use crate::xds::grpc::Requests;
@@ -309,7 +308,7 @@ impl XdsRequest for DeltaDiscoveryRequest {
     }
 }
 
-pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 
 impl AdsService {
     fn open<Req: XdsRequest, Resp: Send + 'static>(
@@ -318,19 +317,20 @@ impl AdsService {
         inbound: Requests<Req>,
         unwrap: fn(Response) -> Option<Resp>,
     ) -> ResponseStream<Resp> {
-        let (tx, rx) = mpsc::channel(8);
+        // Boxed, so that the channel's block of slots is small: a response is hundreds of bytes.
+        let (tx, rx) = mpsc::channel::<Box<Resp>>(8);
         let service = self.clone();
         tokio::spawn(async move {
             service.serve_stream(mode, inbound, tx, unwrap).await;
         });
-        Box::pin(ReceiverStream::new(rx))
+        Box::pin(ReceiverStream::new(rx).map(|response| *response))
     }
 
     async fn serve_stream<Req: XdsRequest, Resp: Send + 'static>(
         self,
         mode: Mode,
         mut inbound: Requests<Req>,
-        tx: mpsc::Sender<Result<Resp, Status>>,
+        tx: mpsc::Sender<Box<Resp>>,
         unwrap: fn(Response) -> Option<Resp>,
     ) {
         // The first request names the node; nothing is served to a stream before it.
@@ -398,7 +398,7 @@ impl AdsService {
                     let Some(response) = unwrap(response) else {
                         continue;
                     };
-                    if tx.send(Ok(response)).await.is_err() {
+                    if tx.send(Box::new(response)).await.is_err() {
                         break 'stream;
                     }
                 }
