@@ -167,6 +167,23 @@ pub type ResourceMap = OrdMap<String, Arc<Resource>>;
 /// The field number of `resources` in `envoy.service.discovery.v3.DiscoveryResponse`.
 const SOTW_RESOURCES_FIELD: u32 = 2;
 
+/// Resources encoded as the `resources` field of a SotW `DiscoveryResponse`, into one buffer of
+/// exactly their size: what follows the rest of a response on the wire.
+pub(super) fn encode_sotw_resources<'a>(
+    resources: impl IntoIterator<Item = &'a Arc<Resource>>,
+) -> Bytes {
+    let resources: Vec<&Arc<Resource>> = resources.into_iter().collect();
+    let length = resources
+        .iter()
+        .map(|r| prost::encoding::message::encoded_len(SOTW_RESOURCES_FIELD, &r.body))
+        .sum();
+    let mut buf = Vec::with_capacity(length);
+    for resource in resources {
+        prost::encoding::message::encode(SOTW_RESOURCES_FIELD, &resource.body, &mut buf);
+    }
+    Bytes::from(buf)
+}
+
 /// Everything served, as persistent maps: cloning a snapshot or changing one resource is cheap,
 /// so publishing a new snapshot costs the change, not the fleet.
 #[derive(Debug, Clone, Default)]
@@ -219,18 +236,7 @@ impl Snapshot {
     /// same bytes for every stream of the group, so it is encoded once, not once per stream.
     pub fn encoded_resources(&self, group: Group, type_url: TypeUrl) -> Bytes {
         self.encoded[group.index()][type_url as usize]
-            .get_or_init(|| {
-                let resources = self.resources(group, type_url);
-                let mut buf = Vec::new();
-                for resource in resources.values() {
-                    prost::encoding::message::encode(
-                        SOTW_RESOURCES_FIELD,
-                        &resource.body,
-                        &mut buf,
-                    );
-                }
-                Bytes::from(buf)
-            })
+            .get_or_init(|| encode_sotw_resources(self.resources(group, type_url).values()))
             .clone()
     }
 

@@ -515,9 +515,7 @@ impl AdsService {
             converging.entry(type_url.short()).or_insert(since);
         }
     }
-}
 
-impl AdsService {
     pub(super) fn sotw(&self, inbound: Requests<DiscoveryRequest>) -> ResponseStream<SotwResponse> {
         self.open(Mode::StateOfTheWorld, inbound, |response| match response {
             Response::Sotw(response) => Some(response),

@@ -45,7 +45,9 @@ use imbl::OrdMap;
 use imbl::ordmap::DiffItem;
 
 use crate::xds::held::{Held, HeldMap, Subscription, same};
-use crate::xds::resource::{Group, Resource, ResourceMap, SetDigest, Snapshot, TypeUrl};
+use crate::xds::resource::{
+    Group, Resource, ResourceMap, SetDigest, Snapshot, TypeUrl, encode_sotw_resources,
+};
 
 /// Which variant of the protocol the stream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,8 +109,13 @@ impl<M: prost::Message + Default> WireResponse<M> {
     }
 }
 
-/// The `resources` field of a delta response holding these, encoded; `None` for none.
+/// The `resources` field of a delta response holding these, encoded into one buffer of exactly
+/// their size; `None` for none.
 fn encode_delta_resources(resources: &[Arc<Resource>]) -> Option<Bytes> {
+    if resources.is_empty() {
+        return None;
+    }
+    // Each entry alone in a response encodes as one entry of the `resources` field.
     let entries: Vec<DeltaDiscoveryResponse> = resources
         .iter()
         .map(|r| DeltaDiscoveryResponse {
@@ -121,31 +128,9 @@ fn encode_delta_resources(resources: &[Arc<Resource>]) -> Option<Bytes> {
             ..Default::default()
         })
         .collect();
-    encode_all(&entries)
-}
-
-/// The `resources` field of a SotW response holding these, encoded; `None` for none.
-fn encode_sotw_resources(resources: &[Arc<Resource>]) -> Option<Bytes> {
-    let entries: Vec<DiscoveryResponse> = resources
-        .iter()
-        .map(|r| DiscoveryResponse {
-            resources: vec![r.body.clone()],
-            ..Default::default()
-        })
-        .collect();
-    encode_all(&entries)
-}
-
-/// Messages encoded one after the other into one buffer of exactly their size.
-fn encode_all<M: prost::Message>(messages: &[M]) -> Option<Bytes> {
-    if messages.is_empty() {
-        return None;
-    }
-    let mut encoded = Vec::with_capacity(messages.iter().map(M::encoded_len).sum());
-    for message in messages {
-        message
-            .encode(&mut encoded)
-            .expect("a Vec grows to fit any message");
+    let mut encoded = Vec::with_capacity(entries.iter().map(prost::Message::encoded_len).sum());
+    for entry in &entries {
+        prost::Message::encode(entry, &mut encoded).expect("a Vec grows to fit any message");
     }
     Some(Bytes::from(encoded))
 }
@@ -1073,15 +1058,14 @@ impl StreamState {
             Mode::StateOfTheWorld => {
                 // SotW carries every resource of a full-state type; of the others, what changed.
                 let encoded_resources = if !type_url.is_full_state() {
-                    encode_sotw_resources(&changed)
+                    (!changed.is_empty()).then(|| encode_sotw_resources(&changed))
                 } else {
                     state.sent.share(&available);
-                    if state.sent.is(&available) {
-                        Some(snapshot.encoded_resources(self.group, type_url))
+                    Some(if state.sent.is(&available) {
+                        snapshot.encoded_resources(self.group, type_url)
                     } else {
-                        let held: Vec<_> = state.sent.known_map().values().cloned().collect();
-                        encode_sotw_resources(&held)
-                    }
+                        encode_sotw_resources(state.sent.known_map().values())
+                    })
                 };
                 Response::Sotw(SotwResponse {
                     message: DiscoveryResponse {
