@@ -22,12 +22,14 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
-/// Where the envoy-types package that this build uses keeps its descriptor set.
+/// Where the envoy-types package that this build uses keeps its descriptor set. Not
+/// `--offline`: `cargo metadata` resolves the dev-dependencies too, which a first release build
+/// on a fresh machine has not downloaded.
 fn envoy_descriptor_set() -> Result<PathBuf, Error> {
     let cargo = std::env::var("CARGO")?;
     let target = std::env::var("TARGET")?;
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["metadata", "--format-version", "1"])
         .args(["--filter-platform", &target])
         .current_dir(std::env::var("CARGO_MANIFEST_DIR")?)
         .output()?;
