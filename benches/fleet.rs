@@ -1,7 +1,8 @@
 //! A fleet of ADS clients against one `sluice serve --dir`: the time from a file change to every
 //! stream having ACKed it, and sluice's memory per stream.
 //!
-//! `cargo bench --bench fleet -- [--sizes 1,1000,5000] [--streams 1000] [--rounds 10] [--delta]`
+//! `cargo bench --bench fleet -- [--sizes 1,1000,5000] [--streams 1000] [--rounds 10] [--delta]
+//! [--concurrent-syncs N]` (the last is passed to `sluice serve`)
 //!
 //! Each client opens its own connection and subscribes the way Envoy does: CDS and LDS by
 //! wildcard, SRDS by wildcard once listeners arrive, then EDS for the EDS clusters CDS names and
@@ -53,6 +54,7 @@ struct Options {
     streams: usize,
     rounds: usize,
     delta: bool,
+    concurrent_syncs: Option<String>,
 }
 
 fn options() -> Options {
@@ -61,6 +63,7 @@ fn options() -> Options {
         streams: 1000,
         rounds: 10,
         delta: false,
+        concurrent_syncs: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -75,6 +78,7 @@ fn options() -> Options {
             "--streams" => options.streams = value("N").parse().expect("a count"),
             "--rounds" => options.rounds = value("N").parse().expect("a count"),
             "--delta" => options.delta = true,
+            "--concurrent-syncs" => options.concurrent_syncs = Some(value("N")),
             // cargo bench passes --bench.
             _ => {}
         }
@@ -557,7 +561,7 @@ impl Drop for Sluice {
     }
 }
 
-fn start_sluice(dir: &Path, log: &Path) -> Sluice {
+fn start_sluice(dir: &Path, log: &Path, concurrent_syncs: Option<&str>) -> Sluice {
     let (xds, admin) = (free_port(), free_port());
     let log = std::fs::File::create(log).expect("a log file");
     let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -566,6 +570,12 @@ fn start_sluice(dir: &Path, log: &Path) -> Sluice {
         .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
         .args(["--listen-address", "127.0.0.1"])
+        .args(
+            concurrent_syncs
+                .map(|n| ["--concurrent-syncs", n])
+                .into_iter()
+                .flatten(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -675,7 +685,7 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
         &manifest("split-target", &[("split-target", 100)]),
     );
     let log: PathBuf = work.path().join("sluice.log");
-    let sluice = start_sluice(&dir, &log);
+    let sluice = start_sluice(&dir, &log, options.concurrent_syncs.as_deref());
     if !ready(sluice.admin, Duration::from_secs(120)).await {
         return Err(format!(
             "sluice was not ready within 120 s; see {}",

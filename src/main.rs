@@ -123,6 +123,11 @@ struct ServeArgs {
     /// refused in the handshake, before any config is sent. Needs --xds-tls-cert.
     #[arg(long, value_name = "PEM", requires = "xds_tls_cert")]
     xds_client_ca: Option<PathBuf>,
+    /// How many Envoys receive their first full config at once; the others wait their turn, and
+    /// one whose Envoy stalls for a second gives its turn up. Bounds the memory a crowd of
+    /// Envoys connecting at once (a restart, a rollout) costs.
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    concurrent_syncs: u16,
     /// Health, readiness, metrics, the admin API and /debug/*; on loopback unless told.
     #[arg(long, default_value = "127.0.0.1:9091")]
     admin_addr: SocketAddr,
@@ -189,6 +194,7 @@ impl ServeArgs {
                     client_ca: self.xds_client_ca.clone(),
                 },
             ),
+            concurrent_syncs: usize::from(self.concurrent_syncs),
             admin_addr: self.admin_addr,
             debug_remote: self.debug_remote,
             ingress_class: self.ingress_class.clone(),

@@ -18,6 +18,7 @@ pub struct TypeLabel {
 pub struct Metrics {
     registry: Registry,
     pub connected_proxies: Gauge,
+    pub proxies_awaiting_sync: Gauge,
     pushes: Family<TypeLabel, Counter>,
     rejects: Family<TypeLabel, Counter>,
     convergence: Family<TypeLabel, Histogram>,
@@ -36,6 +37,12 @@ impl Default for Metrics {
             "xds_connected_proxies",
             "Envoys connected over ADS",
             connected_proxies.clone(),
+        );
+        let proxies_awaiting_sync = Gauge::default();
+        registry.register(
+            "xds_proxies_awaiting_sync",
+            "Envoys connected and waiting for their turn at a first sync (--concurrent-syncs)",
+            proxies_awaiting_sync.clone(),
         );
         let pushes = Family::<TypeLabel, Counter>::default();
         registry.register("xds_pushes", "xDS responses sent, by type", pushes.clone());
@@ -94,6 +101,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             connected_proxies,
+            proxies_awaiting_sync,
             pushes,
             rejects,
             convergence,
@@ -157,6 +165,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_xds_connected_proxies 0"), "{text}");
+        assert!(
+            text.contains("sluice_xds_proxies_awaiting_sync 0"),
+            "{text}"
+        );
         assert!(
             text.contains("sluice_xds_proxy_convergence_seconds_count{type=\"LDS\"} 0"),
             "{text}"

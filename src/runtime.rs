@@ -62,6 +62,8 @@ pub struct ServeOptions {
     pub xds_addr: SocketAddr,
     /// TLS (and mutual TLS) on the xDS port; plain gRPC when `None`.
     pub xds_tls: Option<XdsTls>,
+    /// How many Envoys may be in their first sync at once.
+    pub concurrent_syncs: usize,
     pub admin_addr: SocketAddr,
     /// Serve `/debug/*` to clients that are not on loopback too.
     pub debug_remote: bool,
@@ -197,6 +199,7 @@ pub async fn serve(
         metrics.clone(),
         clusters,
         stopping.clone(),
+        options.concurrent_syncs,
     ));
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &options.xds_tls {

@@ -1,6 +1,7 @@
 //! A frozen Envoy (SIGSTOP) holds no one up: while it sleeps, another Envoy of the same sluice
 //! gets 20 updates, each served as it comes; woken (SIGCONT), the frozen one gets exactly the
-//! latest state, not the ones in between. Both modes, real Envoys.
+//! latest state, not the ones in between. Nor does a client that stalls in its first sync hold
+//! up the Envoys waiting for a turn at theirs. Both modes, real Envoys.
 //!
 //! A stream's task sends through a bounded channel and computes its responses from the latest
 //! snapshot only, so a frozen Envoy costs sluice one stream's few buffered responses, whatever
@@ -11,6 +12,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures::StreamExt;
+use sluice::xds::TypeUrl;
 
 use support::manifests::{self, HttpPath, Ingress, Rule, SERVICE_PORT, Split};
 use support::{Backend, Envoy, ManifestDir, Sluice, client, poll_until};
@@ -146,4 +153,101 @@ async fn a_frozen_envoy_delays_no_one_and_wakes_to_the_latest(delta: bool) {
     }
 }
 
-in_both_modes!(a_frozen_envoy_delays_no_one_and_wakes_to_the_latest);
+/// An ADS client that asks for every cluster, takes the answer and never ACKs it, nor asks for
+/// anything else: an Envoy stalled in its first sync. Returns once the answer is in; the stream
+/// stays open until the task is aborted.
+async fn stall_in_first_sync(xds: SocketAddr, delta: bool) -> tokio::task::JoinHandle<()> {
+    let (answered, got_answer) = tokio::sync::oneshot::channel();
+    let stalled = tokio::spawn(async move {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+            .await
+            .expect("connect to sluice's xDS port");
+        let node = Some(Node {
+            id: "stalled".to_owned(),
+            ..Default::default()
+        });
+        let type_url = TypeUrl::Cluster.as_str().to_owned();
+        if delta {
+            let request = DeltaDiscoveryRequest {
+                node,
+                type_url,
+                ..Default::default()
+            };
+            let requests = futures::stream::iter([request]).chain(futures::stream::pending());
+            let mut responses = client
+                .delta_aggregated_resources(requests)
+                .await
+                .expect("a delta stream")
+                .into_inner();
+            let answer = responses.message().await.expect("an answer");
+            assert!(
+                answer.is_some_and(|a| !a.resources.is_empty()),
+                "clusters sent"
+            );
+            let _ = answered.send(());
+            std::future::pending::<()>().await;
+        } else {
+            let request = DiscoveryRequest {
+                node,
+                type_url,
+                ..Default::default()
+            };
+            let requests = futures::stream::iter([request]).chain(futures::stream::pending());
+            let mut responses = client
+                .stream_aggregated_resources(requests)
+                .await
+                .expect("a SotW stream")
+                .into_inner();
+            let answer = responses.message().await.expect("an answer");
+            assert!(
+                answer.is_some_and(|a| !a.resources.is_empty()),
+                "clusters sent"
+            );
+            let _ = answered.send(());
+            std::future::pending::<()>().await;
+        }
+    });
+    got_answer
+        .await
+        .expect("the stalled client got its clusters");
+    stalled
+}
+
+async fn a_client_stalled_in_its_first_sync_gives_its_turn_up(delta: bool) {
+    let backend = Backend::start("web").await;
+    let dir = ManifestDir::new();
+    dir.write(
+        "svc.yaml",
+        &manifests::service_for("web", NS, backend.port(), "http"),
+    );
+    dir.write("web.yaml", &ingress(0));
+    // One first sync at a time: the stalled client holds the only turn.
+    let sluice = Sluice::start_with(dir.path(), &["--concurrent-syncs", "1"]);
+    sluice.wait_ready().await;
+    let stalled = stall_in_first_sync(sluice.xds_addr(), delta).await;
+
+    let envoy = Envoy::start(&sluice.bootstrap(
+        "waiting",
+        Some("gloo-system~knative-external-proxy"),
+        delta,
+    ));
+    envoy.wait_ready().await;
+    wait_status(sluice.http_addr(), &host(0), 200).await;
+    let proxies = sluice.admin_get("/debug/proxies").await.json();
+    let nodes: Vec<&str> = proxies
+        .as_array()
+        .expect("a list of proxies")
+        .iter()
+        .filter_map(|p| p["node_id"].as_str())
+        .collect();
+    assert!(
+        nodes.contains(&"stalled") && nodes.contains(&"waiting"),
+        "the stalled client stays connected beside the served Envoy: {proxies}"
+    );
+    stalled.abort();
+}
+
+in_both_modes!(
+    a_frozen_envoy_delays_no_one_and_wakes_to_the_latest,
+    a_client_stalled_in_its_first_sync_gives_its_turn_up
+);

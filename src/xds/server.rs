@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::value::Kind;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::metrics::Metrics;
@@ -39,6 +39,26 @@ pub type Stopping = watch::Receiver<bool>;
 const RECONNECT_QUIET: Duration = Duration::from_millis(100);
 /// The longest a reconnecting stream waits for those requests before it answers.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// A stream in its first sync whose Envoy sends nothing for this long gives its turn up: a
+/// stalled Envoy, or one that never asks for all the snapshot has for it, must not keep the
+/// others from theirs.
+const SYNC_STALL: Duration = Duration::from_secs(1);
+
+/// Where a stream is with its first sync, the one that brings its Envoy in step with the
+/// snapshot (everything, or on a reconnect whatever changed while it was away). Only so many
+/// streams hold a turn at once: a first sync briefly builds state in proportion to the config
+/// (the response in flight, the record of what was sent before it matches the snapshot's), and
+/// a thousand Envoys syncing at once left that peak behind as heap fragmented across every
+/// stream (BENCHMARKS.md, "A fleet").
+enum SyncTurn {
+    Waiting,
+    /// Dropping the permit gives the turn to the next stream waiting.
+    Holding {
+        _permit: OwnedSemaphorePermit,
+    },
+    Over,
+}
 
 /// TLS for the xDS port: sluice's certificate and key, and, for mutual TLS, the CA whose
 /// client certificates it accepts (an Envoy without one is refused in the handshake, before
@@ -245,15 +265,18 @@ pub struct AdsService {
     metrics: Arc<Metrics>,
     clusters: ClusterLookup,
     stopping: Stopping,
+    sync_turns: Arc<Semaphore>,
 }
 
 impl AdsService {
+    /// `concurrent_syncs`: how many Envoys may be in their first sync at once (at least one).
     pub fn new(
         snapshots: SnapshotFeed,
         registry: Arc<ProxyRegistry>,
         metrics: Arc<Metrics>,
         clusters: ClusterLookup,
         stopping: Stopping,
+        concurrent_syncs: usize,
     ) -> Self {
         AdsService {
             snapshots,
@@ -261,6 +284,7 @@ impl AdsService {
             metrics,
             clusters,
             stopping,
+            sync_turns: Arc::new(Semaphore::new(concurrent_syncs.max(1))),
         }
     }
 }
@@ -377,9 +401,24 @@ impl AdsService {
         let mut snapshots = self.snapshots.clone();
         let mut stopping = self.stopping.clone();
         let mut pending = None;
+        let mut turn = SyncTurn::Waiting;
+        let mut heard_at = tokio::time::Instant::now();
         'stream: loop {
             if let Some(request) = pending.take() {
+                heard_at = tokio::time::Instant::now();
                 self.handle_request(&proxy, &request, &mut converging);
+            }
+            if matches!(turn, SyncTurn::Waiting) && snapshots.borrow().is_some() {
+                match self
+                    .await_sync_turn(&proxy, &mut inbound, &mut converging)
+                    .await
+                {
+                    Some(permit) => {
+                        turn = SyncTurn::Holding { _permit: permit };
+                        heard_at = tokio::time::Instant::now();
+                    }
+                    None => break,
+                }
             }
             let snapshot = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
@@ -402,7 +441,12 @@ impl AdsService {
                         break 'stream;
                     }
                 }
+                if matches!(turn, SyncTurn::Holding { .. }) && lock(&proxy).in_step(&snapshot) {
+                    turn = SyncTurn::Over;
+                }
             }
+            let turn_ends =
+                matches!(turn, SyncTurn::Holding { .. }).then_some(heard_at + SYNC_STALL);
             tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(request)) => pending = Some(request),
@@ -417,9 +461,49 @@ impl AdsService {
                     tracing::debug!(node = %proxy.node_id, "closing the xDS stream: sluice is stopping");
                     break;
                 }
+                _ = tokio::time::sleep_until(turn_ends.unwrap_or_else(tokio::time::Instant::now)),
+                    if turn_ends.is_some() =>
+                {
+                    tracing::debug!(node = %proxy.node_id, "giving up a turn at a first sync: the Envoy sent nothing for a second");
+                    turn = SyncTurn::Over;
+                }
             }
         }
         self.disconnect(id, &proxy);
+    }
+
+    /// Waits for this stream's turn at its first sync, handling its Envoy's requests meanwhile.
+    /// `None` when the stream ends or sluice stops first.
+    async fn await_sync_turn<Req: XdsRequest>(
+        &self,
+        proxy: &Proxy,
+        inbound: &mut Requests<Req>,
+        converging: &mut Converging,
+    ) -> Option<OwnedSemaphorePermit> {
+        let turn = self.sync_turns.clone().acquire_owned();
+        tokio::pin!(turn);
+        if let Some(permit) = (&mut turn).now_or_never() {
+            return permit.ok();
+        }
+        tracing::debug!(node = %proxy.node_id, "waiting for a turn at a first sync");
+        self.metrics.proxies_awaiting_sync.inc();
+        let mut stopping = self.stopping.clone();
+        let permit = loop {
+            tokio::select! {
+                permit = &mut turn => break permit.ok(),
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => self.handle_request(proxy, &request, converging),
+                    Ok(None) => break None,
+                    Err(status) => {
+                        tracing::debug!(node = %proxy.node_id, %status, "xDS stream failed");
+                        break None;
+                    }
+                },
+                _ = stopping.wait_for(|stopping| *stopping) => break None,
+            }
+        };
+        self.metrics.proxies_awaiting_sync.dec();
+        permit
     }
 
     /// Reads the requests a reconnecting Envoy sends at once, so that the stream answers knowing

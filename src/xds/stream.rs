@@ -431,6 +431,21 @@ impl StreamState {
         }
     }
 
+    /// Whether the client has ACKed exactly what the snapshot has for it, of every type.
+    pub fn in_step(&self, snapshot: &Snapshot) -> bool {
+        TypeUrl::ALL.into_iter().all(|type_url| {
+            let available = snapshot.resources(self.group, type_url);
+            match self.types.get(&type_url) {
+                None => available.is_empty(),
+                Some(state) => {
+                    state.in_flight.is_none()
+                        && (state.sent.is(available)
+                            || (state.sent.len() == 0 && available.is_empty()))
+                }
+            }
+        })
+    }
+
     /// All the requests the Envoy sends on reconnecting are in: answering may start.
     pub fn reconnected(&mut self) {
         if self.start == Start::Reconnecting {
@@ -1494,6 +1509,7 @@ mod tests {
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
         stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
         stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a"], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::Listener, &[], "", ""));
         stream.on_sotw_request(&sotw(TypeUrl::RouteConfiguration, &["r"], "", ""));
         for _ in 0..4 {
             for response in sotw_responses(stream.poll(snapshot)) {
@@ -1507,6 +1523,26 @@ mod tests {
         }
         assert!(stream.poll(snapshot).is_empty());
         stream
+    }
+
+    #[test]
+    fn a_stream_is_in_step_once_it_acked_what_the_snapshot_has() {
+        let snapshot = base();
+        let mut fresh = StreamState::new(Mode::StateOfTheWorld, Group::All);
+        assert!(!fresh.in_step(&snapshot));
+        fresh.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
+        assert_eq!(short(&sotw_responses(fresh.poll(&snapshot))), [("CDS", 1)]);
+        assert!(!fresh.in_step(&snapshot), "clusters sent, not ACKed");
+        let mut stream = converged(&snapshot);
+        assert!(stream.in_step(&snapshot));
+        let next = moved();
+        assert!(!stream.in_step(&next), "the snapshot changed");
+        let cds = sotw_responses(stream.poll(&next));
+        ack(&mut stream, &cds[0], &[]);
+        assert!(
+            !stream.in_step(&next),
+            "a is kept, which the snapshot lacks"
+        );
     }
 
     #[test]
