@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -34,7 +35,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
 use prost::Message;
@@ -154,9 +155,10 @@ struct Decoded {
     sets: HashMap<(TypeUrl, String), Arc<DecodedSet>>,
 }
 
-/// A full-state set of a feeding type: the names its resources make a client subscribe to.
+/// A full-state set of a feeding type: the names its resources make a client subscribe to, in
+/// order, as the bytes every stream's requests share.
 struct DecodedSet {
-    wants: BTreeSet<String>,
+    wants: Arc<Vec<Bytes>>,
 }
 
 /// What the client needs of one resource: its name, a content key, and what it makes the
@@ -279,8 +281,16 @@ impl Routes {
         }
     }
 
-    fn keep(&mut self, subscribed: &BTreeSet<String>) {
-        self.held.retain(|name, _| subscribed.contains(name));
+    /// Forgets the route configurations named before and not now (both in order).
+    fn unsubscribed(&mut self, before: &[Bytes], now: &[Bytes]) {
+        let mut now = now.iter().peekable();
+        for name in before {
+            while now.next_if(|n| *n < name).is_some() {}
+            if now.peek() != Some(&name) {
+                self.held
+                    .remove(std::str::from_utf8(name).expect("a UTF-8 name"));
+            }
+        }
     }
 }
 
@@ -326,14 +336,18 @@ impl Shared {
 
     /// A full-state set, and the names it makes a client subscribe to, decoded once for every
     /// stream that gets the same version.
-    fn decode_set(&self, type_url: TypeUrl, version: &str, resources: &[Any]) -> Arc<DecodedSet> {
+    fn decode_set(&self, type_url: TypeUrl, version: &str, resources: &[Bytes]) -> Arc<DecodedSet> {
         let key = (type_url, version.to_owned());
         if let Some(set) = self.decoded.lock().unwrap().sets.get(&key) {
             return set.clone();
         }
-        let items: Vec<Item> = resources.iter().map(|r| decode(type_url, r)).collect();
-        let wants = items.iter().filter_map(|item| item.wants.clone()).collect();
-        let set = Arc::new(DecodedSet { wants });
+        let wants: BTreeSet<String> = resources
+            .iter()
+            .filter_map(|r| decode(type_url, &any(r)).wants)
+            .collect();
+        let set = Arc::new(DecodedSet {
+            wants: Arc::new(wants.into_iter().map(Bytes::from).collect()),
+        });
         self.decoded
             .lock()
             .unwrap()
@@ -341,6 +355,41 @@ impl Shared {
             .insert(key, Arc::clone(&set));
         set
     }
+}
+
+fn any(encoded: &Bytes) -> Any {
+    Any::decode(encoded.clone()).expect("an Any")
+}
+
+/// Envoy's `DiscoveryRequest` as the SotW clients send it, with the names as bytes the clients
+/// share: a thousand clients each naming a thousand clusters in every EDS ACK made the load
+/// client, not sluice, most of what a change cost. Same fields, same wire format.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SharedNamesRequest {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(message, optional, tag = "2")]
+    node: Option<Node>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    resource_names: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    response_nonce: String,
+}
+
+/// Envoy's `DiscoveryResponse` with its resources left encoded (slices of the received
+/// message): a client decodes a full-state set only for the first stream that gets it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EncodedResponse {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    resources: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
 }
 
 /// The type whose resources name those of another: CDS names EDS, SRDS names RDS.
@@ -352,18 +401,13 @@ fn feeds(type_url: TypeUrl) -> Option<TypeUrl> {
     }
 }
 
-async fn connect(addr: String) -> Result<AdsClient, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(addr)
+async fn connect(addr: String) -> Result<tonic::transport::Channel, tonic::Status> {
+    tonic::transport::Endpoint::from_shared(addr)
         .map_err(|e| tonic::Status::internal(e.to_string()))?
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    Ok(AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))
 }
-
-type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
 
 async fn sotw_client(
     index: usize,
@@ -371,15 +415,17 @@ async fn sotw_client(
     addr: String,
     shared: Arc<Shared>,
 ) -> Result<(), tonic::Status> {
-    let mut client = connect(addr).await?;
-    let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
+    let mut client = tonic::client::Grpc::new(connect(addr).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let (tx, rx) = mpsc::unbounded_channel::<SharedNamesRequest>();
     let request =
-        |type_url: TypeUrl, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
+        |type_url: TypeUrl, names: Vec<Bytes>, version: String, nonce: String| SharedNamesRequest {
             type_url: type_url.as_str().to_owned(),
             resource_names: names,
             version_info: version,
             response_nonce: nonce,
-            ..Default::default()
+            node: None,
         };
     let mut first = request(TypeUrl::Cluster, vec![], String::new(), String::new());
     first.node = Some(node(index, role));
@@ -392,8 +438,18 @@ async fn sotw_client(
     ))
     .ok();
     let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut inbound = client
-        .stream_aggregated_resources(outbound)
+        .streaming(
+            tonic::Request::new(outbound),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            ),
+            tonic_prost::ProstCodec::<SharedNamesRequest, EncodedResponse>::default(),
+        )
         .await?
         .into_inner();
     let mut routes = Routes {
@@ -401,11 +457,10 @@ async fn sotw_client(
         held: HashMap::new(),
     };
     // Per type: the subscribed names, the last accepted version and nonce.
-    let mut subscribed: BTreeMap<TypeUrl, (Arc<BTreeSet<String>>, String, String)> =
-        BTreeMap::new();
-    let names_of = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>();
+    let mut subscribed: BTreeMap<TypeUrl, (Arc<Vec<Bytes>>, String, String)> = BTreeMap::new();
+    let names_of = |names: &Arc<Vec<Bytes>>| names.to_vec();
     while let Some(response) = inbound.message().await? {
-        let response: DiscoveryResponse = response;
+        let response: EncodedResponse = response;
         let type_url = TypeUrl::parse(&response.type_url).expect("a served type");
         let entry = subscribed.entry(type_url).or_default();
         entry.1 = response.version_info.clone();
@@ -420,7 +475,7 @@ async fn sotw_client(
             let items: Vec<Item> = response
                 .resources
                 .iter()
-                .map(|r| decode(type_url, r))
+                .map(|r| decode(type_url, &any(r)))
                 .collect();
             routes.apply(&items, &[]);
         }
@@ -440,8 +495,8 @@ async fn sotw_client(
         if let Some(fed) = feeds(type_url) {
             let set = shared.decode_set(type_url, &response.version_info, &response.resources);
             let entry = subscribed.entry(fed).or_default();
-            if *entry.0 != set.wants {
-                entry.0 = Arc::new(set.wants.clone());
+            if !Arc::ptr_eq(&entry.0, &set.wants) && entry.0 != set.wants {
+                let before = std::mem::replace(&mut entry.0, set.wants.clone());
                 tx.send(request(
                     fed,
                     names_of(&entry.0),
@@ -450,7 +505,7 @@ async fn sotw_client(
                 ))
                 .ok();
                 if fed == TypeUrl::RouteConfiguration {
-                    routes.keep(&entry.0);
+                    routes.unsubscribed(&before, &entry.0);
                 }
             }
         }
@@ -467,7 +522,9 @@ async fn delta_client(
     addr: String,
     shared: Arc<Shared>,
 ) -> Result<(), tonic::Status> {
-    let mut client = connect(addr).await?;
+    let mut client = AggregatedDiscoveryServiceClient::new(connect(addr).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let request = |type_url: TypeUrl| DeltaDiscoveryRequest {
         type_url: type_url.as_str().to_owned(),

@@ -461,7 +461,7 @@ impl AdsService {
                     tracing::debug!(node = %proxy.node_id, "closing the xDS stream: sluice is stopping");
                     break;
                 }
-                _ = tokio::time::sleep_until(turn_ends.unwrap_or_else(tokio::time::Instant::now)),
+                Some(()) = futures::future::OptionFuture::from(turn_ends.map(tokio::time::sleep_until)),
                     if turn_ends.is_some() =>
                 {
                     tracing::debug!(node = %proxy.node_id, "giving up a turn at a first sync: the Envoy sent nothing for a second");

@@ -44,7 +44,7 @@ use serde::Serialize;
 use imbl::OrdMap;
 use imbl::ordmap::DiffItem;
 
-use crate::xds::held::{Held, HeldMap, Subscription, same};
+use crate::xds::held::{Held, HeldMap, Renamed, Subscription, same};
 use crate::xds::resource::{
     Group, Resource, ResourceMap, SetDigest, Snapshot, TypeUrl, encode_sotw_resources,
 };
@@ -517,17 +517,28 @@ impl StreamState {
             state.open_request = true;
             return outcome;
         }
-        let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
-        let wildcard = type_url.is_full_state() && names.is_empty();
-        let before = state.subscription.names(&state.sent);
+        let wildcard = type_url.is_full_state() && request.resource_names.is_empty();
         let mut gone = Vec::new();
-        if names != before || wildcard != state.subscription.wildcard() || !state.requested {
-            // A changed subscription is answered even when nothing it names changed, so that
-            // a client asking for a resource that does not exist yet still gets a response.
-            state.answered = false;
-            state.recheck.extend(names.difference(&before).cloned());
-            gone.extend(before.difference(&names).cloned());
-            state.subscription.replace(names, wildcard, &state.sent);
+        // A changed subscription is answered even when nothing it names changed, so that a
+        // client asking for a resource that does not exist yet still gets a response.
+        if state.requested && !wildcard && !state.subscription.wildcard() {
+            let renamed = state
+                .subscription
+                .rename(&request.resource_names, &state.sent);
+            if renamed != Renamed::default() {
+                state.answered = false;
+                state.recheck.extend(renamed.added);
+                gone = renamed.dropped;
+            }
+        } else {
+            let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+            let before = state.subscription.names(&state.sent);
+            if names != before || wildcard != state.subscription.wildcard() || !state.requested {
+                state.answered = false;
+                state.recheck.extend(names.difference(&before).cloned());
+                gone.extend(before.difference(&names).cloned());
+                state.subscription.replace(names, wildcard, &state.sent);
+            }
         }
         state.requested = true;
         state.open_request = true;
