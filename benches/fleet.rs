@@ -17,7 +17,8 @@
 //! change), and reads the RSS a last time 1.5 s after the last change. A change is converged
 //! on a stream when that stream has ACKed the route configuration carrying it;
 //! make-before-break means its cluster and endpoints were ACKed before. Clients share one
-//! process and the machine's cores with sluice.
+//! process and the machine's cores with sluice, so each change's times include the clients'
+//! work; "sluice CPU" is the CPU time sluice itself used per change, from /proc.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener;
@@ -137,6 +138,23 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// The CPU time a process has used, all threads, in seconds (at Linux's 100 ticks a second).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command, which may hold spaces, from the state on: utime and stime
+    // are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -712,6 +730,9 @@ struct Measured {
     rss_after_changes: f64,
     new_ingress: Vec<f64>,
     split: Vec<f64>,
+    /// sluice's CPU seconds over the changes of each kind, summed.
+    cpu_new_ingress: f64,
+    cpu_split: f64,
 }
 
 fn write_atomically(dir: &Path, staging: &Path, name: &str, content: &str) {
@@ -801,6 +822,7 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
 
     let mut new_ingress = Vec::new();
     let mut split = Vec::new();
+    let (mut cpu_new_ingress, mut cpu_split) = (0.0, 0.0);
     for r in 0..options.rounds {
         for kind in 0..2 {
             round_id += 1;
@@ -819,6 +841,7 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
                 )
             };
             round_tx.send_replace(Some(Round { id: round_id, goal }));
+            let cpu_before = cpu_seconds(sluice.child.id());
             let begin = Instant::now();
             write_atomically(&dir, &staging, &file, &content);
             let last = (wait_round(&shared, round_id, options.streams, Duration::from_secs(60))
@@ -826,12 +849,14 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
                 - begin)
                 .as_secs_f64()
                 * 1000.0;
+            let cpu = cpu_seconds(sluice.child.id()) - cpu_before;
             if kind == 0 {
-                &mut new_ingress
+                new_ingress.push(last);
+                cpu_new_ingress += cpu;
             } else {
-                &mut split
+                split.push(last);
+                cpu_split += cpu;
             }
-            .push(last);
             // Let the fleet and sluice come to rest between changes.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -851,6 +876,8 @@ async fn run(size: usize, options: &Options) -> Result<Measured, String> {
         rss_after_changes,
         new_ingress,
         split,
+        cpu_new_ingress,
+        cpu_split,
     })
 }
 
@@ -869,16 +896,19 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let mode = if options.delta { "delta" } else { "SotW" };
     println!(
-        "| ingresses | mode | streams | connect → all synced | sluice RSS before | synced | per stream | after the changes | per stream | new ingress → all ACKed p50 | p90 | max | split change → all ACKed p50 | p90 | max |"
+        "| ingresses | mode | streams | connect → all synced | sluice RSS before | synced | per stream | after the changes | per stream | new ingress → all ACKed p50 | p90 | max | sluice CPU | split change → all ACKed p50 | p90 | max | sluice CPU |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for &size in &options.sizes {
         match runtime.block_on(run(size.max(1), &options)) {
             Ok(mut result) => {
                 let per_stream_kib =
                     |rss: f64| (rss - result.rss_before) * 1024.0 / result.streams as f64;
+                let per_change = |cpu: f64| cpu * 1000.0 / options.rounds.max(1) as f64;
                 println!(
-                    "| {} | {mode} | {} | {:.2} s | {:.0} MiB | {:.0} MiB | {:.0} KiB | {:.0} MiB | {:.0} KiB | {} | {} |",
+                    "| {} | {mode} | {} | {:.2} s | {:.0} MiB | {:.0} MiB | {:.0} KiB | {:.0} MiB | {:.0} KiB | {} | {:.0} ms | {} | {:.0} ms |",
                     result.size,
                     result.streams,
                     result.connect_to_synced.as_secs_f64(),
@@ -888,7 +918,9 @@ fn main() -> ExitCode {
                     result.rss_after_changes,
                     per_stream_kib(result.rss_after_changes),
                     summary(&mut result.new_ingress),
+                    per_change(result.cpu_new_ingress),
                     summary(&mut result.split),
+                    per_change(result.cpu_split),
                 );
                 if result.reconnects > 0 {
                     eprintln!(

@@ -205,7 +205,9 @@ impl Subscription {
         if names.is_sorted() && held.unknown.is_empty() {
             // As Envoy gives them: compared as they come, without a copy or a sort.
             let mut previous = None;
-            let distinct = names.iter().filter(|name| previous.replace(*name) != Some(*name));
+            let distinct = names
+                .iter()
+                .filter(|name| previous.replace(*name) != Some(*name));
             return distinct.eq(held.known.keys());
         }
         let mut names: Vec<&String> = names.iter().collect();
