@@ -588,7 +588,7 @@ mod tests {
     use crate::knative::{Ingress, IngressKind};
     use crate::translate::TranslateConfig;
     use crate::world::{Object, SourceEvent, World};
-    use crate::xds::{Mode, Response, Snapshot, StreamState, TypeUrl};
+    use crate::xds::{Mode, Response, Snapshot, SotwRequest, StreamState, TypeUrl};
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use envoy_types::pb::google::rpc::Status;
     use std::sync::Mutex;
@@ -630,7 +630,11 @@ spec:
         (world, translator, snapshot, key)
     }
 
-    fn request(type_url: TypeUrl, names: &[&str], nonce: &str) -> DiscoveryRequest {
+    fn request(type_url: TypeUrl, names: &[&str], nonce: &str) -> SotwRequest {
+        discovery(type_url, names, nonce).into()
+    }
+
+    fn discovery(type_url: TypeUrl, names: &[&str], nonce: &str) -> DiscoveryRequest {
         DiscoveryRequest {
             type_url: type_url.as_str().to_owned(),
             resource_names: names.iter().map(|n| n.to_string()).collect(),
@@ -721,14 +725,15 @@ spec:
     fn a_rejected_route_fails_the_ingress_that_owns_it() {
         let (world, translator, snapshot, key) = setup();
         let (proxy, sent) = proxy_sent_routes(&snapshot);
-        let nack = DiscoveryRequest {
+        let nack: SotwRequest = DiscoveryRequest {
             error_detail: Some(Status {
                 code: 3,
                 message: "invalid header".into(),
                 details: vec![],
             }),
-            ..request(TypeUrl::RouteConfiguration, &["a.example.com"], &sent)
-        };
+            ..discovery(TypeUrl::RouteConfiguration, &["a.example.com"], &sent)
+        }
+        .into();
         proxy.state.lock().unwrap().on_sotw_request(&nack);
         let view = show(&key, &world.ingresses[&key], &translator, &[proxy]);
         assert_eq!(ready(&view), ("False".into(), "EnvoyRejected".into()));

@@ -21,6 +21,9 @@ use tonic::Status;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+
+use crate::xds::request::SotwRequest;
 use crate::xds::server::{AdsService, ResponseStream};
 use crate::xds::stream::WireResponse;
 
@@ -87,6 +90,24 @@ fn respond<M: prost::Message + 'static>(
     response
 }
 
+/// A request message as a stream decodes it, from the message's own bytes: a field decoded as
+/// `Bytes` is a slice of them, not a copy.
+pub(super) trait Request: Sized {
+    fn decode(message: Bytes) -> Result<Self, String>;
+}
+
+impl Request for SotwRequest {
+    fn decode(message: Bytes) -> Result<Self, String> {
+        SotwRequest::decode(message).map_err(|error| error.to_string())
+    }
+}
+
+impl Request for DeltaDiscoveryRequest {
+    fn decode(message: Bytes) -> Result<Self, String> {
+        prost::Message::decode(message).map_err(|error| error.to_string())
+    }
+}
+
 /// A stream's requests, decoded from its HTTP/2 body. Holds the bytes of at most one message
 /// being assembled, and no buffer once it is decoded.
 pub(super) struct Requests<M> {
@@ -95,7 +116,7 @@ pub(super) struct Requests<M> {
     message: PhantomData<fn() -> M>,
 }
 
-impl<M: prost::Message + Default> Requests<M> {
+impl<M: Request> Requests<M> {
     fn new(body: tonic::body::Body) -> Self {
         Requests {
             body,
@@ -148,7 +169,7 @@ impl<M: prost::Message + Default> Requests<M> {
             return Ok(None);
         }
         self.received.advance(PREFIX_BYTES);
-        let message = M::decode(self.received.split_to(length)).map_err(|error| {
+        let message = M::decode(self.received.split_to(length).freeze()).map_err(|error| {
             Status::invalid_argument(format!("decoding an xDS request: {error}"))
         })?;
         if self.received.is_empty() {
@@ -233,6 +254,12 @@ mod tests {
     use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
     use prost::Message;
 
+    impl Request for DiscoveryRequest {
+        fn decode(message: Bytes) -> Result<Self, String> {
+            Message::decode(message).map_err(|error| error.to_string())
+        }
+    }
+
     fn body(chunks: Vec<Vec<u8>>) -> tonic::body::Body {
         let frames = chunks
             .into_iter()
@@ -278,6 +305,53 @@ mod tests {
             );
             assert_eq!(requests.message().await.unwrap(), None);
         }
+    }
+
+    #[tokio::test]
+    async fn a_sotw_request_decodes_the_names_prost_does() {
+        let wire: Vec<u8> = [request("1"), request("2")]
+            .iter()
+            .flat_map(framed)
+            .collect();
+        for chunk in [3, 1000, wire.len()] {
+            let mut requests = Requests::<SotwRequest>::new(body(
+                wire.chunks(chunk).map(<[u8]>::to_vec).collect(),
+            ));
+            for version in ["1", "2"] {
+                let decoded = requests.message().await.unwrap().unwrap();
+                let expected = <DiscoveryRequest as Message>::decode(
+                    &framed(&request(version))[PREFIX_BYTES..],
+                )
+                .unwrap();
+                assert_eq!(decoded.version_info(), expected.version_info);
+                assert!(
+                    decoded
+                        .names()
+                        .eq(expected.resource_names.iter().map(String::as_str)),
+                    "chunks of {chunk}"
+                );
+            }
+            assert_eq!(
+                requests.received.capacity(),
+                0,
+                "chunks of {chunk}: a buffer kept"
+            );
+            assert!(requests.message().await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sotw_request_naming_something_not_utf8_is_an_error() {
+        let mut request = framed(&request("1"));
+        let name = request
+            .windows(b"cluster-7".len())
+            .position(|window| window == b"cluster-7")
+            .unwrap();
+        request[name] = 0xff;
+        let mut requests = Requests::<SotwRequest>::new(body(vec![request]));
+        let status = requests.message().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("UTF-8"), "{status}");
     }
 
     #[tokio::test]

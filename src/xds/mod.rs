@@ -5,6 +5,7 @@ mod csds;
 mod decode;
 mod grpc;
 mod held;
+mod request;
 mod resource;
 mod server;
 mod stream;
@@ -12,6 +13,7 @@ mod stream;
 pub use csds::{CsdsService, Served, served_to, served_to_group};
 pub use decode::to_json;
 pub use grpc::AdsServer;
+pub use request::{SotwRequest, SotwRequestError};
 pub use resource::{Group, Resource, ResourceMap, ResourceUpdate, SetDigest, Snapshot, TypeUrl};
 pub use server::{
     AdsService, ClusterLookup, Proxy, ProxyRegistry, ProxyView, SnapshotFeed, Stopping, XdsTls,

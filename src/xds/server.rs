@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::value::Kind;
 use futures::{FutureExt, Stream, StreamExt};
 use serde::Serialize;
@@ -16,7 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::metrics::Metrics;
-use crate::xds::grpc::Requests;
+use crate::xds::grpc::{Request, Requests};
+use crate::xds::request::SotwRequest;
 use crate::xds::resource::{Group, Snapshot, TypeUrl};
 use crate::xds::stream::{
     ClusterResources, DeltaResponse, Mode, RequestOutcome, Response, SotwResponse, StreamState,
@@ -302,21 +303,21 @@ fn role_of(node: &Node) -> Option<String> {
 }
 
 /// The two protocol variants, seen the same way by the stream loop.
-trait XdsRequest: prost::Message + Default + Send + 'static {
+trait XdsRequest: Request + Send + 'static {
     fn node(&self) -> Option<&Node>;
     fn apply(&self, state: &mut StreamState) -> RequestOutcome;
     fn type_url(&self) -> &str;
 }
 
-impl XdsRequest for DiscoveryRequest {
+impl XdsRequest for SotwRequest {
     fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
+        SotwRequest::node(self)
     }
     fn apply(&self, state: &mut StreamState) -> RequestOutcome {
         state.on_sotw_request(self)
     }
     fn type_url(&self) -> &str {
-        &self.type_url
+        SotwRequest::type_url(self)
     }
 }
 
@@ -600,7 +601,7 @@ impl AdsService {
         }
     }
 
-    pub(super) fn sotw(&self, inbound: Requests<DiscoveryRequest>) -> ResponseStream<SotwResponse> {
+    pub(super) fn sotw(&self, inbound: Requests<SotwRequest>) -> ResponseStream<SotwResponse> {
         self.open(Mode::StateOfTheWorld, inbound, |response| match response {
             Response::Sotw(response) => Some(response),
             Response::Delta(_) => None,

@@ -36,8 +36,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
 };
 use serde::Serialize;
 
@@ -45,6 +44,7 @@ use imbl::OrdMap;
 use imbl::ordmap::DiffItem;
 
 use crate::xds::held::{Held, HeldMap, Renamed, Subscription, same};
+use crate::xds::request::SotwRequest;
 use crate::xds::resource::{
     Group, Resource, ResourceMap, SetDigest, Snapshot, TypeUrl, encode_sotw_resources,
 };
@@ -488,50 +488,48 @@ impl StreamState {
         }
     }
 
-    pub fn on_sotw_request(&mut self, request: &DiscoveryRequest) -> RequestOutcome {
-        let Some(type_url) = TypeUrl::parse(&request.type_url) else {
-            return RequestOutcome::UnknownType(request.type_url.clone());
+    pub fn on_sotw_request(&mut self, request: &SotwRequest) -> RequestOutcome {
+        let Some(type_url) = TypeUrl::parse(request.type_url()) else {
+            return RequestOutcome::UnknownType(request.type_url().to_owned());
         };
-        self.note_start(!request.version_info.is_empty());
+        self.note_start(!request.version_info().is_empty());
         let state = self.types.entry(type_url).or_default();
         let mut outcome = RequestOutcome::Subscribed;
-        if !request.response_nonce.is_empty() {
-            if request.response_nonce != state.last_nonce {
+        if !request.response_nonce().is_empty() {
+            if request.response_nonce() != state.last_nonce {
                 return RequestOutcome::StaleNonce;
             }
             // The first request naming a response settles it; later ones with the same nonce
             // only change the subscription.
             if state.in_flight.is_some() {
-                outcome = self.settle(type_url, request.error_detail.as_ref().map(|s| &s.message));
+                outcome = self.settle(type_url, request.error_detail().map(|s| &s.message));
             }
         }
         let state = self.types.entry(type_url).or_default();
         let first = !state.requested;
+        let wildcard = type_url.is_full_state() && request.names().len() == 0;
         // Most requests are ACKs naming what the client was sent: nothing to change then.
         if state.requested
-            && !(type_url.is_full_state() && request.resource_names.is_empty())
+            && !wildcard
             && state
                 .subscription
-                .names_exactly_held(&request.resource_names, &state.sent)
+                .names_exactly_held(request.names_utf8(), &state.sent)
         {
             state.open_request = true;
             return outcome;
         }
-        let wildcard = type_url.is_full_state() && request.resource_names.is_empty();
         let mut gone = Vec::new();
         // A changed subscription is answered even when nothing it names changed, so that a
         // client asking for a resource that does not exist yet still gets a response.
         if state.requested && !wildcard && !state.subscription.wildcard() {
-            let renamed = state
-                .subscription
-                .rename(&request.resource_names, &state.sent);
+            let renamed = state.subscription.rename(request.names(), &state.sent);
             if renamed != Renamed::default() {
                 state.answered = false;
                 state.recheck.extend(renamed.added);
                 gone = renamed.dropped;
             }
         } else {
-            let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+            let names: BTreeSet<String> = request.names().map(str::to_owned).collect();
             let before = state.subscription.names(&state.sent);
             if names != before || wildcard != state.subscription.wildcard() || !state.requested {
                 state.answered = false;
@@ -545,8 +543,8 @@ impl StreamState {
         for name in gone {
             self.forget(type_url, &name);
         }
-        if first && !request.version_info.is_empty() {
-            self.note_reported(type_url, &request.version_info);
+        if first && !request.version_info().is_empty() {
+            self.note_reported(type_url, request.version_info());
         }
         outcome
     }
@@ -1224,6 +1222,7 @@ fn type_sync(state: &TypeState) -> SyncStatus {
 mod tests {
     use super::*;
     use crate::xds::resource::ResourceUpdate;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use envoy_types::pb::google::rpc::Status;
 
     fn resource(type_url: TypeUrl, name: &str, content: u32, references: &[&str]) -> Arc<Resource> {
@@ -1280,7 +1279,16 @@ mod tests {
         snapshot
     }
 
-    fn sotw(type_url: TypeUrl, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    fn sotw(type_url: TypeUrl, names: &[&str], version: &str, nonce: &str) -> SotwRequest {
+        discovery(type_url, names, version, nonce).into()
+    }
+
+    fn discovery(
+        type_url: TypeUrl,
+        names: &[&str],
+        version: &str,
+        nonce: &str,
+    ) -> DiscoveryRequest {
         DiscoveryRequest {
             type_url: type_url.as_str().to_owned(),
             resource_names: names.iter().map(|n| n.to_string()).collect(),
@@ -1381,14 +1389,15 @@ mod tests {
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
         stream.on_sotw_request(&sotw(TypeUrl::Listener, &[], "", ""));
         let sent = sotw_responses(stream.poll(&snapshot));
-        let nack = DiscoveryRequest {
+        let nack: SotwRequest = DiscoveryRequest {
             error_detail: Some(Status {
                 code: 3,
                 message: "bad listener".into(),
                 details: vec![],
             }),
-            ..sotw(TypeUrl::Listener, &[], "", &sent[0].nonce)
-        };
+            ..discovery(TypeUrl::Listener, &[], "", &sent[0].nonce)
+        }
+        .into();
         let RequestOutcome::Nacked(recorded) = stream.on_sotw_request(&nack) else {
             panic!("a NACK")
         };
@@ -1465,14 +1474,15 @@ mod tests {
         let sent = sotw_responses(stream.poll(&snapshot));
         assert_eq!(stream.status()[&TypeUrl::Listener].sync, SyncStatus::Stale);
         assert_eq!(stream.sent(TypeUrl::Listener)[0].sync, SyncStatus::Stale);
-        let nack = DiscoveryRequest {
+        let nack: SotwRequest = DiscoveryRequest {
             error_detail: Some(Status {
                 code: 3,
                 message: "bad listener".into(),
                 details: vec![],
             }),
-            ..sotw(TypeUrl::Listener, &[], "", &sent[0].nonce)
-        };
+            ..discovery(TypeUrl::Listener, &[], "", &sent[0].nonce)
+        }
+        .into();
         stream.on_sotw_request(&nack);
         assert_eq!(stream.status()[&TypeUrl::Listener].sync, SyncStatus::Nacked);
         let rejected = &stream.sent(TypeUrl::Listener)[0];
