@@ -1,7 +1,8 @@
 //! A frozen Envoy (SIGSTOP) holds no one up: while it sleeps, another Envoy of the same sluice
 //! gets 20 updates, each served as it comes; woken (SIGCONT), the frozen one gets exactly the
 //! latest state, not the ones in between. Nor does a client that stalls in its first sync hold
-//! up the Envoys waiting for a turn at theirs. Both modes, real Envoys.
+//! up the Envoys waiting for a turn at theirs, and a client whose request cannot be decoded is
+//! told so and costs the others nothing. Both modes, real Envoys.
 //!
 //! A stream's task sends through a bounded channel and computes its responses from the latest
 //! snapshot only, so a frozen Envoy costs sluice one stream's few buffered responses, whatever
@@ -241,7 +242,67 @@ async fn a_client_stalled_in_its_first_sync_gives_its_turn_up(delta: bool) {
     stalled.abort();
 }
 
+/// A request whose field 1 (DiscoveryRequest's `version_info`, DeltaDiscoveryRequest's `node`,
+/// both length-delimited) comes as a number: no xDS request decodes from it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Garbled {
+    #[prost(uint64, tag = "1")]
+    field_one: u64,
+}
+
+async fn an_undecodable_request_is_refused_as_invalid(delta: bool) {
+    let backend = Backend::start("web").await;
+    let dir = ManifestDir::new();
+    dir.write(
+        "svc.yaml",
+        &manifests::service_for("web", NS, backend.port(), "http"),
+    );
+    dir.write("web.yaml", &ingress(0));
+    let sluice = Sluice::start(dir.path());
+    sluice.wait_ready().await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", sluice.xds_addr()))
+        .expect("an endpoint")
+        .connect()
+        .await
+        .expect("connect to sluice's xDS port");
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("a ready channel");
+    let method = if delta {
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+    } else {
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+    };
+    let requests =
+        futures::stream::iter([Garbled { field_one: 7 }]).chain(futures::stream::pending());
+    let answer = tokio::time::timeout(CONVERGE, async {
+        let mut responses = client
+            .streaming(
+                tonic::Request::new(requests),
+                tonic::codegen::http::uri::PathAndQuery::from_static(method),
+                tonic_prost::ProstCodec::<Garbled, Garbled>::default(),
+            )
+            .await?
+            .into_inner();
+        responses.message().await
+    })
+    .await
+    .expect("sluice answers an undecodable request");
+    let status = answer.expect_err("the stream fails");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("decoding an xDS request"),
+        "the status says what failed: {status:?}"
+    );
+
+    let envoy =
+        Envoy::start(&sluice.bootstrap("after", Some("gloo-system~knative-external-proxy"), delta));
+    envoy.wait_ready().await;
+    wait_status(sluice.http_addr(), &host(0), 200).await;
+}
+
 in_both_modes!(
     a_frozen_envoy_delays_no_one_and_wakes_to_the_latest,
-    a_client_stalled_in_its_first_sync_gives_its_turn_up
+    a_client_stalled_in_its_first_sync_gives_its_turn_up,
+    an_undecodable_request_is_refused_as_invalid
 );

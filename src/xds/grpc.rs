@@ -225,13 +225,14 @@ impl<M: prost::Message + 'static> hyper::body::Body for Responses<WireResponse<M
             return Poll::Ready(None);
         }
         let status = match ready!(self.messages.as_mut().poll_next(cx)) {
-            Some(message) => match frame(&message) {
+            Some(Ok(message)) => match frame(&message) {
                 Ok((message, resources)) => {
                     self.resources_next = resources;
                     return Poll::Ready(Some(Ok(Frame::data(message))));
                 }
                 Err(status) => status,
             },
+            Some(Err(status)) => status,
             None => Status::ok(""),
         };
         self.ended = true;

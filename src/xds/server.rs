@@ -14,6 +14,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status};
 
 use crate::metrics::Metrics;
 use crate::xds::grpc::{Request, Requests};
@@ -294,6 +295,20 @@ fn lock(proxy: &Proxy) -> std::sync::MutexGuard<'_, StreamState> {
     proxy.state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A request sluice refuses is the Envoy's misconfiguration, worth a warning; a connection
+/// that broke is routine.
+fn log_failure(node: Option<&str>, status: &Status) {
+    let refused = matches!(
+        status.code(),
+        Code::InvalidArgument | Code::Unimplemented | Code::ResourceExhausted
+    );
+    if refused {
+        tracing::warn!(node, code = ?status.code(), message = status.message(), "refused an xDS request; the stream is closed");
+    } else {
+        tracing::debug!(node, %status, "xDS stream failed");
+    }
+}
+
 fn role_of(node: &Node) -> Option<String> {
     let field = node.metadata.as_ref()?.fields.get("role")?;
     match &field.kind {
@@ -333,7 +348,8 @@ impl XdsRequest for DeltaDiscoveryRequest {
     }
 }
 
-pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
+/// A stream's responses, ended by an `Err` with the status its Envoy is told when it fails.
+pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl AdsService {
     fn open<Req: XdsRequest, Resp: Send + 'static>(
@@ -343,28 +359,33 @@ impl AdsService {
         unwrap: fn(Response) -> Option<Resp>,
     ) -> ResponseStream<Resp> {
         // Boxed, so that the channel's block of slots is small: a response is hundreds of bytes.
-        let (tx, rx) = mpsc::channel::<Box<Resp>>(8);
+        let (tx, rx) = mpsc::channel::<Result<Box<Resp>, Status>>(8);
         let service = self.clone();
         tokio::spawn(async move {
-            service.serve_stream(mode, inbound, tx, unwrap).await;
+            if let Err(status) = service.serve_stream(mode, inbound, &tx, unwrap).await {
+                // The Envoy learns why, unless it is gone already.
+                let _ = tx.send(Err(status)).await;
+            }
         });
-        Box::pin(ReceiverStream::new(rx).map(|response| *response))
+        Box::pin(ReceiverStream::new(rx).map(|response| response.map(|response| *response)))
     }
 
+    /// Serves one stream until either side ends it; `Err` when it fails, with the status its
+    /// Envoy is told.
     async fn serve_stream<Req: XdsRequest, Resp: Send + 'static>(
         self,
         mode: Mode,
         mut inbound: Requests<Req>,
-        tx: mpsc::Sender<Box<Resp>>,
+        tx: &mpsc::Sender<Result<Box<Resp>, Status>>,
         unwrap: fn(Response) -> Option<Resp>,
-    ) {
+    ) -> Result<(), Status> {
         // The first request names the node; nothing is served to a stream before it.
         let first = match inbound.message().await {
             Ok(Some(first)) => first,
-            Ok(None) => return,
+            Ok(None) => return Ok(()),
             Err(status) => {
-                tracing::debug!(%status, "xDS stream ended before its first request");
-                return;
+                log_failure(None, &status);
+                return Err(status);
             }
         };
         let node = first.node().cloned().unwrap_or_default();
@@ -390,42 +411,63 @@ impl AdsService {
         tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
 
         self.handle_request(&proxy, &first, &mut converging);
-        let reconnecting = lock(&proxy).awaits_reconnect();
-        if reconnecting
-            && !self
-                .await_reconnect(&proxy, &mut inbound, &mut converging)
+        let reconnected = if lock(&proxy).awaits_reconnect() {
+            self.await_reconnect(&proxy, &mut inbound, &mut converging)
                 .await
-        {
-            self.disconnect(id, &proxy);
-            return;
+        } else {
+            Ok(true)
+        };
+        let served = match reconnected {
+            Ok(true) => {
+                self.serve_snapshots(&proxy, inbound, tx, unwrap, connected, converging)
+                    .await
+            }
+            ended => ended.map(drop),
+        };
+        if let Err(status) = &served {
+            log_failure(Some(&proxy.node_id), status);
         }
+        self.disconnect(id, &proxy);
+        served
+    }
+
+    /// Sends the stream what each snapshot holds for it, and takes its Envoy's requests.
+    async fn serve_snapshots<Req: XdsRequest, Resp: Send + 'static>(
+        &self,
+        proxy: &Proxy,
+        mut inbound: Requests<Req>,
+        tx: &mpsc::Sender<Result<Box<Resp>, Status>>,
+        unwrap: fn(Response) -> Option<Resp>,
+        connected: Instant,
+        mut converging: Converging,
+    ) -> Result<(), Status> {
         let mut snapshots = self.snapshots.clone();
         let mut stopping = self.stopping.clone();
         let mut pending = None;
         let mut turn = SyncTurn::Waiting;
         let mut heard_at = tokio::time::Instant::now();
-        'stream: loop {
+        loop {
             if let Some(request) = pending.take() {
                 heard_at = tokio::time::Instant::now();
-                self.handle_request(&proxy, &request, &mut converging);
+                self.handle_request(proxy, &request, &mut converging);
             }
             if matches!(turn, SyncTurn::Waiting) && snapshots.borrow().is_some() {
                 match self
-                    .await_sync_turn(&proxy, &mut inbound, &mut converging)
-                    .await
+                    .await_sync_turn(proxy, &mut inbound, &mut converging)
+                    .await?
                 {
                     Some(permit) => {
                         turn = SyncTurn::Holding { _permit: permit };
                         heard_at = tokio::time::Instant::now();
                     }
-                    None => break,
+                    None => return Ok(()),
                 }
             }
             let snapshot = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
-                self.look_up_clusters(&proxy, &snapshot);
+                self.look_up_clusters(proxy, &snapshot);
                 let started = Instant::now();
-                let responses = lock(&proxy).poll(&snapshot);
+                let responses = lock(proxy).poll(&snapshot);
                 let elapsed = started.elapsed();
                 self.metrics.push_seconds.observe(elapsed.as_secs_f64());
                 tracing::debug!(node = %proxy.node_id, responses = responses.len(), micros = elapsed.as_micros() as u64, "computed responses");
@@ -438,29 +480,25 @@ impl AdsService {
                     let Some(response) = unwrap(response) else {
                         continue;
                     };
-                    if tx.send(Box::new(response)).await.is_err() {
-                        break 'stream;
+                    if tx.send(Ok(Box::new(response))).await.is_err() {
+                        return Ok(());
                     }
                 }
-                if matches!(turn, SyncTurn::Holding { .. }) && lock(&proxy).in_step(&snapshot) {
+                if matches!(turn, SyncTurn::Holding { .. }) && lock(proxy).in_step(&snapshot) {
                     turn = SyncTurn::Over;
                 }
             }
             let turn_ends =
                 matches!(turn, SyncTurn::Holding { .. }).then_some(heard_at + SYNC_STALL);
             tokio::select! {
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => pending = Some(request),
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(node = %proxy.node_id, %status, "xDS stream failed");
-                        break;
-                    }
+                message = inbound.message() => match message? {
+                    Some(request) => pending = Some(request),
+                    None => return Ok(()),
                 },
-                changed = snapshots.changed() => if changed.is_err() { break },
+                changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
                 _ = stopping.wait_for(|stopping| *stopping) => {
                     tracing::debug!(node = %proxy.node_id, "closing the xDS stream: sluice is stopping");
-                    break;
+                    return Ok(());
                 }
                 Some(()) = futures::future::OptionFuture::from(turn_ends.map(tokio::time::sleep_until)),
                     if turn_ends.is_some() =>
@@ -470,7 +508,6 @@ impl AdsService {
                 }
             }
         }
-        self.disconnect(id, &proxy);
     }
 
     /// Waits for this stream's turn at its first sync, handling its Envoy's requests meanwhile.
@@ -480,27 +517,24 @@ impl AdsService {
         proxy: &Proxy,
         inbound: &mut Requests<Req>,
         converging: &mut Converging,
-    ) -> Option<OwnedSemaphorePermit> {
+    ) -> Result<Option<OwnedSemaphorePermit>, Status> {
         let turn = self.sync_turns.clone().acquire_owned();
         tokio::pin!(turn);
         if let Some(permit) = (&mut turn).now_or_never() {
-            return permit.ok();
+            return Ok(permit.ok());
         }
         tracing::debug!(node = %proxy.node_id, "waiting for a turn at a first sync");
         self.metrics.proxies_awaiting_sync.inc();
         let mut stopping = self.stopping.clone();
         let permit = loop {
             tokio::select! {
-                permit = &mut turn => break permit.ok(),
+                permit = &mut turn => break Ok(permit.ok()),
                 message = inbound.message() => match message {
                     Ok(Some(request)) => self.handle_request(proxy, &request, converging),
-                    Ok(None) => break None,
-                    Err(status) => {
-                        tracing::debug!(node = %proxy.node_id, %status, "xDS stream failed");
-                        break None;
-                    }
+                    Ok(None) => break Ok(None),
+                    Err(status) => break Err(status),
                 },
-                _ = stopping.wait_for(|stopping| *stopping) => break None,
+                _ = stopping.wait_for(|stopping| *stopping) => break Ok(None),
             }
         };
         self.metrics.proxies_awaiting_sync.dec();
@@ -514,22 +548,19 @@ impl AdsService {
         proxy: &Proxy,
         inbound: &mut Requests<Req>,
         converging: &mut Converging,
-    ) -> bool {
+    ) -> Result<bool, Status> {
         let deadline = Instant::now() + RECONNECT_MAX;
         loop {
             let quiet = RECONNECT_QUIET.min(deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(quiet, inbound.message()).await {
                 Ok(Ok(Some(request))) => self.handle_request(proxy, &request, converging),
-                Ok(Ok(None)) => return false,
-                Ok(Err(status)) => {
-                    tracing::debug!(node = %proxy.node_id, %status, "xDS stream failed");
-                    return false;
-                }
+                Ok(Ok(None)) => return Ok(false),
+                Ok(Err(status)) => return Err(status),
                 Err(_quiet) => break,
             }
         }
         lock(proxy).reconnected();
-        true
+        Ok(true)
     }
 
     /// Has the control plane rebuild the clusters a reconnected SotW Envoy holds that the
