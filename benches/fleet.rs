@@ -476,7 +476,9 @@ async fn sotw_client(
     };
     // Per type: the subscribed names, the last accepted version and nonce.
     let mut subscribed: BTreeMap<TypeUrl, (Arc<Vec<Bytes>>, String, String)> = BTreeMap::new();
-    let names_of = |names: &Arc<Vec<Bytes>>| names.to_vec();
+    // Envoy names a type's resources in an order of its own, not sorted (newest first, with
+    // Envoy 1.40); names in reverse order stand for it.
+    let names_of = |names: &Arc<Vec<Bytes>>| names.iter().rev().cloned().collect();
     while let Some(response) = inbound.message().await? {
         let response: EncodedResponse = response;
         let type_url = TypeUrl::parse(&response.type_url).expect("a served type");

@@ -659,15 +659,14 @@ spec:
             (TypeUrl::ClusterLoadAssignment, vec![cluster]),
             (TypeUrl::ScopedRouteConfiguration, vec![]),
         ] {
-            stream.on_sotw_request(&request(type_url, &names, ""));
+            stream.on_sotw_request(&request(type_url, &names, ""), Some(snapshot));
             let sent = nonce(&stream.poll(snapshot));
-            stream.on_sotw_request(&request(type_url, &names, &sent));
+            stream.on_sotw_request(&request(type_url, &names, &sent), Some(snapshot));
         }
-        stream.on_sotw_request(&request(
-            TypeUrl::RouteConfiguration,
-            &["a.example.com"],
-            "",
-        ));
+        stream.on_sotw_request(
+            &request(TypeUrl::RouteConfiguration, &["a.example.com"], ""),
+            Some(snapshot),
+        );
         let sent = nonce(&stream.poll(snapshot));
         let proxy = Arc::new(Proxy {
             node_id: "envoy-1".into(),
@@ -712,7 +711,11 @@ spec:
             ("Unknown".into(), "Uninitialized".into())
         );
         let ack = request(TypeUrl::RouteConfiguration, &["a.example.com"], &sent);
-        proxy.state.lock().unwrap().on_sotw_request(&ack);
+        proxy
+            .state
+            .lock()
+            .unwrap()
+            .on_sotw_request(&ack, Some(&snapshot));
         let view = show(&key, entry, &translator, &proxies);
         assert_eq!(ready(&view), ("True".into(), String::new()));
         assert_eq!(
@@ -734,7 +737,11 @@ spec:
             ..discovery(TypeUrl::RouteConfiguration, &["a.example.com"], &sent)
         }
         .into();
-        proxy.state.lock().unwrap().on_sotw_request(&nack);
+        proxy
+            .state
+            .lock()
+            .unwrap()
+            .on_sotw_request(&nack, Some(&snapshot));
         let view = show(&key, &world.ingresses[&key], &translator, &[proxy]);
         assert_eq!(ready(&view), ("False".into(), "EnvoyRejected".into()));
         let message = &view.condition("LoadBalancerReady").unwrap().message;

@@ -5,6 +5,8 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use imbl::ordmap::DiffItem;
+
 use crate::xds::resource::{Resource, ResourceMap};
 
 /// What the client holds of a resource: the resource itself when its content is known, else
@@ -270,6 +272,33 @@ impl Subscription {
         )
         .map(str::to_owned)
         .collect();
+        self.set_apart(apart, held)
+    }
+
+    /// Without the wildcard before or after: subscribes to exactly the names `available` has,
+    /// and returns the names it gained and lost. Costs what `available` and what is held differ
+    /// by, not the names: a SotW client in step names them all in each EDS and RDS request.
+    pub(super) fn name_all(&mut self, available: &ResourceMap, held: &HeldMap) -> Renamed {
+        debug_assert!(!self.wildcard, "renaming a wildcard subscription");
+        let apart: BTreeSet<String> = if held.unknown.is_empty() {
+            held.known
+                .diff(available)
+                .filter_map(|item| match item {
+                    DiffItem::Add(name, _) | DiffItem::Remove(name, _) => Some(name.clone()),
+                    DiffItem::Update { .. } => None,
+                })
+                .collect()
+        } else {
+            either(available.keys(), held.sorted_names().into_iter())
+                .cloned()
+                .collect()
+        };
+        self.set_apart(apart, held)
+    }
+
+    /// Takes `apart` as the names apart from what is held, and returns the names whose naming
+    /// that changed.
+    fn set_apart(&mut self, apart: BTreeSet<String>, held: &HeldMap) -> Renamed {
         // A name is named when it is apart or held, not both; with what is held the same
         // before and after, the names whose naming changed are those apart before or after.
         let mut renamed = Renamed::default();
@@ -419,6 +448,9 @@ mod tests {
         Wildcard(bool),
         Replace(Vec<u8>, bool),
         Rename(Vec<u8>),
+        /// Names all of a snapshot's map: these names, beside what is held when `true` (the
+        /// held map itself, extended).
+        NameAll(Vec<u8>, bool),
     }
 
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
@@ -432,6 +464,8 @@ mod tests {
             (proptest::collection::vec(0..6u8, 0..6), any::<bool>())
                 .prop_map(|(names, wildcard)| Step::Replace(names, wildcard)),
             proptest::collection::vec(0..6u8, 0..8).prop_map(Step::Rename),
+            (proptest::collection::vec(0..6u8, 0..6), any::<bool>())
+                .prop_map(|(names, beside_held)| Step::NameAll(names, beside_held)),
         ]
     }
 
@@ -486,7 +520,26 @@ mod tests {
                         proptest::prop_assert_eq!(renamed, expected);
                         names = now;
                     }
-                    Step::Rename(_) => {}
+                    Step::NameAll(given, beside_held) if !wildcard => {
+                        let mut available = if beside_held {
+                            held.known_map().clone()
+                        } else {
+                            ResourceMap::new()
+                        };
+                        for n in given {
+                            // Another content than what is held: named all the same.
+                            available.insert(name(n), cluster(&name(n), 2));
+                        }
+                        let renamed = subscription.name_all(&available, &held);
+                        let now: BTreeSet<String> = available.keys().cloned().collect();
+                        let expected = Renamed {
+                            added: now.difference(&names).cloned().collect(),
+                            dropped: names.difference(&now).cloned().collect(),
+                        };
+                        proptest::prop_assert_eq!(renamed, expected);
+                        names = now;
+                    }
+                    Step::Rename(_) | Step::NameAll(..) => {}
                 }
                 proptest::prop_assert_eq!(subscription.wildcard(), wildcard);
                 proptest::prop_assert_eq!(&subscription.names(&held), &names);

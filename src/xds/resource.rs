@@ -12,6 +12,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::xds::request::NamesDigest;
+
 /// The resource types sluice serves, in the order that keeps traffic flowing: clusters before
 /// their endpoints, listeners before their scopes, scopes before the routes they name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -195,6 +197,8 @@ pub struct Snapshot {
     /// Per group and type, every resource encoded once as a SotW response's `resources`, made
     /// on first use and shared by the clones of this snapshot until the type changes.
     encoded: [[Arc<OnceLock<Bytes>>; 6]; 3],
+    /// Per group and type, the names of every resource, summed up.
+    names: [[NamesDigest; 6]; 3],
     /// When a change last reached it: where each Envoy's convergence is measured from.
     changed_at: Option<Instant>,
 }
@@ -240,6 +244,12 @@ impl Snapshot {
             .clone()
     }
 
+    /// The names of every resource of a type served to `group`, summed up: a request naming
+    /// exactly these, in whatever order, is recognised without a look at each name.
+    pub fn names_digest(&self, group: Group, type_url: TypeUrl) -> NamesDigest {
+        self.names[group.index()][type_url as usize]
+    }
+
     /// For each cluster, how many of the route configurations served to `group` name it.
     pub fn cluster_users(&self, group: Group) -> &OrdMap<String, usize> {
         &self.cluster_users[group.index()]
@@ -256,15 +266,23 @@ impl Snapshot {
             self.changed_at = Some(Instant::now());
         }
         for update in updates {
+            let type_index = update.type_url as usize;
             for group in &mut self.encoded {
-                group[update.type_url as usize] = Arc::default();
+                group[type_index] = Arc::default();
             }
             let Some(slot) = Self::group_slot(update.type_url) else {
-                let map = &mut self.shared[update.type_url as usize];
-                match update.resource {
-                    Some(resource) => map.insert(update.name, resource),
-                    None => map.remove(&update.name),
+                let map = &mut self.shared[type_index];
+                let name = update.name.as_bytes();
+                let (was, is) = match update.resource {
+                    Some(resource) => {
+                        let was = map.insert(update.name.clone(), resource).is_some();
+                        (was, true)
+                    }
+                    None => (map.remove(&update.name).is_some(), false),
                 };
+                for group in &mut self.names {
+                    count_name(&mut group[type_index], name, was, is);
+                }
                 continue;
             };
             // A resource kept per group is in exactly the groups it gives, and leaves the others.
@@ -278,6 +296,12 @@ impl Snapshot {
                     ),
                     _ => (map.remove(&update.name), None),
                 };
+                count_name(
+                    &mut self.names[group.index()][type_index],
+                    update.name.as_bytes(),
+                    old.is_some(),
+                    new.is_some(),
+                );
                 if update.type_url == TypeUrl::RouteConfiguration {
                     let users = &mut self.cluster_users[group.index()];
                     for cluster in old.iter().flat_map(|r| &r.references) {
@@ -294,6 +318,15 @@ impl Snapshot {
                 }
             }
         }
+    }
+}
+
+/// Keeps a map's names digest as `name` enters or leaves it.
+fn count_name(digest: &mut NamesDigest, name: &[u8], was: bool, is: bool) {
+    match (was, is) {
+        (false, true) => digest.add(name),
+        (true, false) => digest.remove(name),
+        _ => {}
     }
 }
 
@@ -421,5 +454,49 @@ mod tests {
         snapshot.apply([update(&[], None)]);
         assert_eq!(held(&snapshot), []);
         assert!(Group::ALL.iter().all(|g| users(&snapshot, *g).is_empty()));
+    }
+
+    #[test]
+    fn the_names_digest_follows_the_names_of_each_groups_map() {
+        let resource = |type_url, name: &str, seconds| {
+            Resource::new(
+                type_url,
+                name,
+                &prost_types::Duration { seconds, nanos: 0 },
+                vec![],
+            )
+        };
+        let update =
+            |type_url, name: &str, groups: Option<&[Group]>, seconds: Option<i64>| ResourceUpdate {
+                type_url,
+                groups: groups.map(<[Group]>::to_vec),
+                name: name.to_owned(),
+                resource: seconds.map(|s| resource(type_url, name, s)),
+            };
+        let external: &[Group] = &[Group::External, Group::All];
+        let steps = [
+            update(TypeUrl::ClusterLoadAssignment, "a", None, Some(1)),
+            update(TypeUrl::ClusterLoadAssignment, "b", None, Some(1)),
+            update(TypeUrl::ClusterLoadAssignment, "a", None, Some(2)),
+            update(TypeUrl::RouteConfiguration, "r", Some(external), Some(1)),
+            update(TypeUrl::RouteConfiguration, "s", Some(&Group::ALL), Some(1)),
+            update(TypeUrl::RouteConfiguration, "r", Some(&Group::ALL), Some(2)),
+            update(TypeUrl::RouteConfiguration, "s", Some(external), Some(2)),
+            update(TypeUrl::ClusterLoadAssignment, "b", None, None),
+            update(TypeUrl::RouteConfiguration, "r", None, None),
+        ];
+        let mut snapshot = Snapshot::default();
+        for step in steps {
+            snapshot.apply([step]);
+            for group in Group::ALL {
+                for type_url in [TypeUrl::ClusterLoadAssignment, TypeUrl::RouteConfiguration] {
+                    let mut expected = NamesDigest::default();
+                    for name in snapshot.resources(group, type_url).keys() {
+                        expected.add(name.as_bytes());
+                    }
+                    assert_eq!(snapshot.names_digest(group, type_url), expected);
+                }
+            }
+        }
     }
 }

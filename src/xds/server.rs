@@ -320,7 +320,7 @@ fn role_of(node: &Node) -> Option<String> {
 /// The two protocol variants, seen the same way by the stream loop.
 trait XdsRequest: Request + Send + 'static {
     fn node(&self) -> Option<&Node>;
-    fn apply(&self, state: &mut StreamState) -> RequestOutcome;
+    fn apply(&self, state: &mut StreamState, snapshot: Option<&Snapshot>) -> RequestOutcome;
     fn type_url(&self) -> &str;
 }
 
@@ -328,8 +328,8 @@ impl XdsRequest for SotwRequest {
     fn node(&self) -> Option<&Node> {
         SotwRequest::node(self)
     }
-    fn apply(&self, state: &mut StreamState) -> RequestOutcome {
-        state.on_sotw_request(self)
+    fn apply(&self, state: &mut StreamState, snapshot: Option<&Snapshot>) -> RequestOutcome {
+        state.on_sotw_request(self, snapshot)
     }
     fn type_url(&self) -> &str {
         SotwRequest::type_url(self)
@@ -340,7 +340,7 @@ impl XdsRequest for DeltaDiscoveryRequest {
     fn node(&self) -> Option<&Node> {
         self.node.as_ref()
     }
-    fn apply(&self, state: &mut StreamState) -> RequestOutcome {
+    fn apply(&self, state: &mut StreamState, _: Option<&Snapshot>) -> RequestOutcome {
         state.on_delta_request(self)
     }
     fn type_url(&self) -> &str {
@@ -589,7 +589,8 @@ impl AdsService {
         request: &impl XdsRequest,
         converging: &mut Converging,
     ) {
-        let outcome = request.apply(&mut lock(proxy));
+        let snapshot = self.snapshots.borrow().clone();
+        let outcome = request.apply(&mut lock(proxy), snapshot.as_deref());
         if matches!(outcome, RequestOutcome::Acked | RequestOutcome::Nacked(_)) {
             self.registry.changed();
             let type_url = TypeUrl::parse(request.type_url()).map(TypeUrl::short);

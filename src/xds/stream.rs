@@ -488,7 +488,12 @@ impl StreamState {
         }
     }
 
-    pub fn on_sotw_request(&mut self, request: &SotwRequest) -> RequestOutcome {
+    /// Takes a SotW request; `snapshot` is the latest, if any, whose names a request may give.
+    pub fn on_sotw_request(
+        &mut self,
+        request: &SotwRequest,
+        snapshot: Option<&Snapshot>,
+    ) -> RequestOutcome {
         let Some(type_url) = TypeUrl::parse(request.type_url()) else {
             return RequestOutcome::UnknownType(request.type_url().to_owned());
         };
@@ -505,29 +510,39 @@ impl StreamState {
                 outcome = self.settle(type_url, request.error_detail().map(|s| &s.message));
             }
         }
+        let group = self.group;
         let state = self.types.entry(type_url).or_default();
         let first = !state.requested;
         let wildcard = type_url.is_full_state() && request.names().len() == 0;
-        // Most requests are ACKs naming what the client was sent: nothing to change then.
-        if state.requested
-            && !wildcard
-            && state
-                .subscription
-                .names_exactly_held(request.names_utf8(), &state.sent)
-        {
-            state.open_request = true;
-            return outcome;
-        }
         let mut gone = Vec::new();
-        // A changed subscription is answered even when nothing it names changed, so that a
-        // client asking for a resource that does not exist yet still gets a response.
         if state.requested && !wildcard && !state.subscription.wildcard() {
-            let renamed = state.subscription.rename(request.names(), &state.sent);
-            if renamed != Renamed::default() {
-                state.answered = false;
-                state.recheck.extend(renamed.added);
-                gone = renamed.dropped;
+            // Most requests name what the client was sent, or all the snapshot has: an ACK, or
+            // a client in step asking for a new cluster's endpoints. Recognised by the names'
+            // digest, without comparing each name with what is held.
+            let names_all = snapshot.is_some_and(|snapshot| {
+                request.names_digest() == snapshot.names_digest(group, type_url)
+            });
+            let renamed = match snapshot {
+                Some(snapshot) if names_all => state
+                    .subscription
+                    .name_all(snapshot.resources(group, type_url), &state.sent),
+                _ if state
+                    .subscription
+                    .names_exactly_held(request.names_utf8(), &state.sent) =>
+                {
+                    Renamed::default()
+                }
+                _ => state.subscription.rename(request.names(), &state.sent),
+            };
+            if renamed == Renamed::default() {
+                state.open_request = true;
+                return outcome;
             }
+            // A changed subscription is answered even when nothing it names changed, so that a
+            // client asking for a resource that does not exist yet still gets a response.
+            state.answered = false;
+            state.recheck.extend(renamed.added);
+            gone = renamed.dropped;
         } else {
             let names: BTreeSet<String> = request.names().map(str::to_owned).collect();
             let before = state.subscription.names(&state.sent);
@@ -1310,12 +1325,10 @@ mod tests {
 
     fn ack(stream: &mut StreamState, response: &DiscoveryResponse, names: &[&str]) {
         let type_url = TypeUrl::parse(&response.type_url).unwrap();
-        let outcome = stream.on_sotw_request(&sotw(
-            type_url,
-            names,
-            &response.version_info,
-            &response.nonce,
-        ));
+        let outcome = stream.on_sotw_request(
+            &sotw(type_url, names, &response.version_info, &response.nonce),
+            None,
+        );
         assert_eq!(outcome, RequestOutcome::Acked);
     }
 
@@ -1335,12 +1348,12 @@ mod tests {
     fn sotw_answers_each_request_once_and_ignores_stale_nonces() {
         let snapshot = base();
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""), None);
         let first = sotw_responses(stream.poll(&snapshot));
         assert_eq!(short(&first), [("CDS", 1)]);
         assert!(stream.poll(&snapshot).is_empty(), "one response in flight");
 
-        let stale = stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", "no-such-nonce"));
+        let stale = stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", "no-such-nonce"), None);
         assert_eq!(stale, RequestOutcome::StaleNonce);
         ack(&mut stream, &first[0], &[]);
         assert!(stream.poll(&snapshot).is_empty(), "nothing changed");
@@ -1360,7 +1373,7 @@ mod tests {
     fn a_request_after_the_ack_with_the_same_nonce_changes_the_subscription() {
         let snapshot = base();
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &[], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &[], "", ""), None);
         let mut next = snapshot.clone();
         stream.poll(&next);
         put(
@@ -1368,17 +1381,20 @@ mod tests {
             resource(TypeUrl::ClusterLoadAssignment, "b", 1, &[]),
             TypeUrl::ClusterLoadAssignment,
         );
-        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a"], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a"], "", ""), None);
         let first = sotw_responses(stream.poll(&next));
         assert_eq!(short(&first), [("EDS", 1)]);
         ack(&mut stream, &first[0], &["a"]);
         // Envoy learns of cluster b and asks for its endpoints, echoing the last nonce.
-        let outcome = stream.on_sotw_request(&sotw(
-            TypeUrl::ClusterLoadAssignment,
-            &["a", "b"],
-            &first[0].version_info,
-            &first[0].nonce,
-        ));
+        let outcome = stream.on_sotw_request(
+            &sotw(
+                TypeUrl::ClusterLoadAssignment,
+                &["a", "b"],
+                &first[0].version_info,
+                &first[0].nonce,
+            ),
+            None,
+        );
         assert_eq!(outcome, RequestOutcome::Subscribed);
         assert_eq!(short(&sotw_responses(stream.poll(&next))), [("EDS", 1)]);
     }
@@ -1387,7 +1403,7 @@ mod tests {
     fn a_nack_is_recorded_and_the_rejected_version_is_not_sent_again() {
         let snapshot = base();
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(TypeUrl::Listener, &[], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::Listener, &[], "", ""), None);
         let sent = sotw_responses(stream.poll(&snapshot));
         let nack: SotwRequest = DiscoveryRequest {
             error_detail: Some(Status {
@@ -1398,7 +1414,7 @@ mod tests {
             ..discovery(TypeUrl::Listener, &[], "", &sent[0].nonce)
         }
         .into();
-        let RequestOutcome::Nacked(recorded) = stream.on_sotw_request(&nack) else {
+        let RequestOutcome::Nacked(recorded) = stream.on_sotw_request(&nack, None) else {
             panic!("a NACK")
         };
         assert_eq!(recorded.message, "bad listener");
@@ -1466,7 +1482,7 @@ mod tests {
     fn sync_status_follows_the_last_response_of_each_type() {
         let snapshot = base();
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(TypeUrl::Listener, &[], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::Listener, &[], "", ""), None);
         assert_eq!(
             stream.status()[&TypeUrl::Listener].sync,
             SyncStatus::NotSent
@@ -1483,7 +1499,7 @@ mod tests {
             ..discovery(TypeUrl::Listener, &[], "", &sent[0].nonce)
         }
         .into();
-        stream.on_sotw_request(&nack);
+        stream.on_sotw_request(&nack, None);
         assert_eq!(stream.status()[&TypeUrl::Listener].sync, SyncStatus::Nacked);
         let rejected = &stream.sent(TypeUrl::Listener)[0];
         assert_eq!(
@@ -1509,8 +1525,8 @@ mod tests {
     fn routes_wait_for_their_clusters_and_endpoints_to_be_acked() {
         let snapshot = base();
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(TypeUrl::RouteConfiguration, &["r"], "", ""));
-        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::RouteConfiguration, &["r"], "", ""), None);
+        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""), None);
         let cds = sotw_responses(stream.poll(&snapshot));
         assert_eq!(short(&cds), [("CDS", 1)], "no route before its cluster");
         ack(&mut stream, &cds[0], &[]);
@@ -1518,7 +1534,7 @@ mod tests {
             stream.poll(&snapshot).is_empty(),
             "no route before the endpoints"
         );
-        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a"], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a"], "", ""), None);
         let eds = sotw_responses(stream.poll(&snapshot));
         assert_eq!(short(&eds), [("EDS", 1)]);
         ack(&mut stream, &eds[0], &["a"]);
@@ -1528,10 +1544,10 @@ mod tests {
     /// Brings a SotW stream to the point where it holds everything in `snapshot`.
     fn converged(snapshot: &Snapshot) -> StreamState {
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
-        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a"], "", ""));
-        stream.on_sotw_request(&sotw(TypeUrl::Listener, &[], "", ""));
-        stream.on_sotw_request(&sotw(TypeUrl::RouteConfiguration, &["r"], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""), None);
+        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a"], "", ""), None);
+        stream.on_sotw_request(&sotw(TypeUrl::Listener, &[], "", ""), None);
+        stream.on_sotw_request(&sotw(TypeUrl::RouteConfiguration, &["r"], "", ""), None);
         for _ in 0..4 {
             for response in sotw_responses(stream.poll(snapshot)) {
                 let names: Vec<&str> = match TypeUrl::parse(&response.type_url).unwrap() {
@@ -1551,7 +1567,7 @@ mod tests {
         let snapshot = base();
         let mut fresh = StreamState::new(Mode::StateOfTheWorld, Group::All);
         assert!(!fresh.in_step(&snapshot));
-        fresh.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
+        fresh.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""), None);
         assert_eq!(short(&sotw_responses(fresh.poll(&snapshot))), [("CDS", 1)]);
         assert!(!fresh.in_step(&snapshot), "clusters sent, not ACKed");
         let mut stream = converged(&snapshot);
@@ -1574,7 +1590,10 @@ mod tests {
         let cds = sotw_responses(stream.poll(&next));
         assert_eq!(short(&cds), [("CDS", 2)], "a is kept beside b");
         ack(&mut stream, &cds[0], &[]);
-        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["a", "b"], "", ""));
+        stream.on_sotw_request(
+            &sotw(TypeUrl::ClusterLoadAssignment, &["a", "b"], "", ""),
+            None,
+        );
         let eds = sotw_responses(stream.poll(&next));
         assert_eq!(short(&eds), [("EDS", 1)]);
         ack(&mut stream, &eds[0], &["a", "b"]);
@@ -1593,7 +1612,7 @@ mod tests {
     fn a_full_sotw_answer_carries_the_resources_the_snapshot_encoded_once() {
         let snapshot = base();
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""), None);
         let responses = stream.poll(&snapshot);
         let [Response::Sotw(cds)] = responses.as_slice() else {
             panic!("one CDS answer: {responses:?}");
@@ -1633,7 +1652,7 @@ mod tests {
             !shares(&stream, &next, TypeUrl::Cluster),
             "a is kept, which the snapshot lacks"
         );
-        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["b"], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["b"], "", ""), None);
         for _ in 0..4 {
             for response in sotw_responses(stream.poll(&next)) {
                 let names: &[&str] = match TypeUrl::parse(&response.type_url).unwrap() {
@@ -1646,6 +1665,68 @@ mod tests {
         }
         assert!(stream.poll(&next).is_empty());
         assert!(types.iter().all(|t| shares(&stream, &next, *t)));
+    }
+
+    #[test]
+    fn a_request_naming_all_the_snapshot_has_is_taken_as_its_names() {
+        let snapshot = base();
+        let mut next = snapshot.clone();
+        put(
+            &mut next,
+            resource(TypeUrl::Cluster, "b", 1, &[]),
+            TypeUrl::Cluster,
+        );
+        put(
+            &mut next,
+            resource(TypeUrl::ClusterLoadAssignment, "b", 1, &[]),
+            TypeUrl::ClusterLoadAssignment,
+        );
+        // The same requests, with the snapshot whose names they give and without it: the
+        // same answers.
+        let mut answers = Vec::new();
+        for given in [Some(&next), None] {
+            let mut stream = converged(&snapshot);
+            let cds = sotw_responses(stream.poll(&next));
+            assert_eq!(short(&cds), [("CDS", 2)], "SotW sends every cluster");
+            ack(&mut stream, &cds[0], &[]);
+            // Not in order, as Envoy names them.
+            let request = sotw(TypeUrl::ClusterLoadAssignment, &["b", "a"], "", "");
+            assert_eq!(
+                request.names_digest(),
+                next.names_digest(Group::All, TypeUrl::ClusterLoadAssignment)
+            );
+            stream.on_sotw_request(&request, given);
+            let eds = sotw_responses(stream.poll(&next));
+            assert_eq!(short(&eds), [("EDS", 1)]);
+            assert_eq!(eds[0].resources.len(), 1, "only b's endpoints are new");
+            let acked = stream.on_sotw_request(
+                &sotw(
+                    TypeUrl::ClusterLoadAssignment,
+                    &["a", "b"],
+                    &eds[0].version_info,
+                    &eds[0].nonce,
+                ),
+                given,
+            );
+            assert_eq!(acked, RequestOutcome::Acked);
+            assert!(stream.poll(&next).is_empty(), "the ACK changes nothing");
+            assert!(stream.in_step(&next));
+            // Naming fewer than the snapshot has drops the rest.
+            stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &["b"], "", ""), given);
+            assert!(
+                stream.poll(&next).is_empty(),
+                "nothing to send for a dropped name"
+            );
+            let held: Vec<(String, String)> = stream
+                .sent(TypeUrl::ClusterLoadAssignment)
+                .into_iter()
+                .map(|r| (r.name, r.version))
+                .collect();
+            assert_eq!(held.len(), 1);
+            assert_eq!(held[0].0, "b");
+            answers.push((eds[0].resources.clone(), held));
+        }
+        assert_eq!(answers[0], answers[1]);
     }
 
     #[test]
@@ -1666,7 +1747,10 @@ mod tests {
     fn a_resource_that_does_not_exist_yet_is_sent_when_it_appears() {
         let snapshot = base();
         let mut stream = converged(&snapshot);
-        stream.on_sotw_request(&sotw(TypeUrl::RouteConfiguration, &["r", "later"], "", ""));
+        stream.on_sotw_request(
+            &sotw(TypeUrl::RouteConfiguration, &["r", "later"], "", ""),
+            None,
+        );
         assert!(stream.poll(&snapshot).is_empty());
         let mut next = snapshot.clone();
         put(
@@ -1883,11 +1967,14 @@ mod tests {
         large(&mut snapshot, TypeUrl::Cluster, &clusters);
         large(&mut snapshot, TypeUrl::ClusterLoadAssignment, &clusters);
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""));
+        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "", ""), None);
         let cds = sotw_responses(stream.poll(&snapshot));
         assert_eq!(short(&cds), [("CDS", 3)], "CDS is always the whole set");
         ack(&mut stream, &cds[0], &[]);
-        stream.on_sotw_request(&sotw(TypeUrl::ClusterLoadAssignment, &clusters, "", ""));
+        stream.on_sotw_request(
+            &sotw(TypeUrl::ClusterLoadAssignment, &clusters, "", ""),
+            None,
+        );
         let mut version = String::new();
         for expected in [2, 1] {
             let eds = sotw_responses(stream.poll(&snapshot));
@@ -2049,25 +2136,29 @@ mod tests {
         let versions = previous.status();
         let accepted = |type_url| versions[&type_url].acked_version.clone();
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(
-            TypeUrl::Cluster,
-            &[],
-            &accepted(TypeUrl::Cluster),
-            "",
-        ));
+        stream.on_sotw_request(
+            &sotw(TypeUrl::Cluster, &[], &accepted(TypeUrl::Cluster), ""),
+            None,
+        );
         assert!(stream.awaits_reconnect());
-        stream.on_sotw_request(&sotw(
-            TypeUrl::ClusterLoadAssignment,
-            &["a"],
-            &accepted(TypeUrl::ClusterLoadAssignment),
-            "",
-        ));
-        stream.on_sotw_request(&sotw(
-            TypeUrl::RouteConfiguration,
-            &["r"],
-            &accepted(TypeUrl::RouteConfiguration),
-            "",
-        ));
+        stream.on_sotw_request(
+            &sotw(
+                TypeUrl::ClusterLoadAssignment,
+                &["a"],
+                &accepted(TypeUrl::ClusterLoadAssignment),
+                "",
+            ),
+            None,
+        );
+        stream.on_sotw_request(
+            &sotw(
+                TypeUrl::RouteConfiguration,
+                &["r"],
+                &accepted(TypeUrl::RouteConfiguration),
+                "",
+            ),
+            None,
+        );
         assert!(
             stream.poll(&base()).is_empty(),
             "its other requests may be coming"
@@ -2112,12 +2203,15 @@ mod tests {
         let eds_version = stream.status()[&TypeUrl::ClusterLoadAssignment]
             .acked_version
             .clone();
-        stream.on_sotw_request(&sotw(
-            TypeUrl::ClusterLoadAssignment,
-            &["a", "b"],
-            &eds_version,
-            "",
-        ));
+        stream.on_sotw_request(
+            &sotw(
+                TypeUrl::ClusterLoadAssignment,
+                &["a", "b"],
+                &eds_version,
+                "",
+            ),
+            None,
+        );
         let eds = sotw_responses(stream.poll(&next));
         assert_eq!(short(&eds), [("EDS", 1)], "only b: the Envoy has a's");
         ack(&mut stream, &eds[0], &["a", "b"]);
@@ -2143,14 +2237,23 @@ mod tests {
         let previous = converged(&old);
         let versions = previous.status();
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(TypeUrl::Cluster, &[], "from-another-replica", ""));
-        stream.on_sotw_request(&sotw(
-            TypeUrl::ClusterLoadAssignment,
-            &["a"],
-            &versions[&TypeUrl::ClusterLoadAssignment].acked_version,
-            "",
-        ));
-        stream.on_sotw_request(&sotw(TypeUrl::RouteConfiguration, &["r"], "unknown", ""));
+        stream.on_sotw_request(
+            &sotw(TypeUrl::Cluster, &[], "from-another-replica", ""),
+            None,
+        );
+        stream.on_sotw_request(
+            &sotw(
+                TypeUrl::ClusterLoadAssignment,
+                &["a"],
+                &versions[&TypeUrl::ClusterLoadAssignment].acked_version,
+                "",
+            ),
+            None,
+        );
+        stream.on_sotw_request(
+            &sotw(TypeUrl::RouteConfiguration, &["r"], "unknown", ""),
+            None,
+        );
         stream.reconnected();
         assert_eq!(stream.clusters_to_look_up(&next), ["a"]);
         stream.keep_clusters(vec![ClusterResources {
@@ -2171,12 +2274,15 @@ mod tests {
         let next = moved();
         let versions = converged(&old).status();
         let mut stream = StreamState::new(Mode::StateOfTheWorld, Group::All);
-        stream.on_sotw_request(&sotw(
-            TypeUrl::Cluster,
-            &[],
-            &versions[&TypeUrl::Cluster].acked_version,
-            "",
-        ));
+        stream.on_sotw_request(
+            &sotw(
+                TypeUrl::Cluster,
+                &[],
+                &versions[&TypeUrl::Cluster].acked_version,
+                "",
+            ),
+            None,
+        );
         stream.reconnected();
         assert!(stream.clusters_to_look_up(&next).is_empty());
         let cds = sotw_responses(stream.poll(&next));
