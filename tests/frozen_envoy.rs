@@ -79,7 +79,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn a_frozen_envoy_delays_no_one_and_wakes_to_the_latest(delta: bool) {
+/// A sluice serving ingress 0 of the backend "web", ready.
+async fn serving_web(args: &[&str]) -> (Backend, ManifestDir, Sluice) {
     let backend = Backend::start("web").await;
     let dir = ManifestDir::new();
     dir.write(
@@ -87,8 +88,13 @@ async fn a_frozen_envoy_delays_no_one_and_wakes_to_the_latest(delta: bool) {
         &manifests::service_for("web", NS, backend.port(), "http"),
     );
     dir.write("web.yaml", &ingress(0));
-    let sluice = Sluice::start(dir.path());
+    let sluice = Sluice::start_with(dir.path(), args);
     sluice.wait_ready().await;
+    (backend, dir, sluice)
+}
+
+async fn a_frozen_envoy_delays_no_one_and_wakes_to_the_latest(delta: bool) {
+    let (_backend, dir, sluice) = serving_web(&[]).await;
     // The roles give each Envoy its own listeners (so they do not share ports); an external
     // host is served on both.
     let active = Envoy::start(&sluice.bootstrap(
@@ -209,16 +215,8 @@ async fn stall_in_first_sync(xds: SocketAddr, delta: bool) -> tokio::task::JoinH
 }
 
 async fn a_client_stalled_in_its_first_sync_gives_its_turn_up(delta: bool) {
-    let backend = Backend::start("web").await;
-    let dir = ManifestDir::new();
-    dir.write(
-        "svc.yaml",
-        &manifests::service_for("web", NS, backend.port(), "http"),
-    );
-    dir.write("web.yaml", &ingress(0));
     // One first sync at a time: the stalled client holds the only turn.
-    let sluice = Sluice::start_with(dir.path(), &["--concurrent-syncs", "1"]);
-    sluice.wait_ready().await;
+    let (_backend, _dir, sluice) = serving_web(&["--concurrent-syncs", "1"]).await;
     let stalled = stall_in_first_sync(sluice.xds_addr(), delta).await;
 
     let envoy = Envoy::start(&sluice.bootstrap(
@@ -251,15 +249,7 @@ struct Garbled {
 }
 
 async fn an_undecodable_request_is_refused_as_invalid(delta: bool) {
-    let backend = Backend::start("web").await;
-    let dir = ManifestDir::new();
-    dir.write(
-        "svc.yaml",
-        &manifests::service_for("web", NS, backend.port(), "http"),
-    );
-    dir.write("web.yaml", &ingress(0));
-    let sluice = Sluice::start(dir.path());
-    sluice.wait_ready().await;
+    let (_backend, _dir, sluice) = serving_web(&[]).await;
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", sluice.xds_addr()))
         .expect("an endpoint")

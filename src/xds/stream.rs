@@ -1294,6 +1294,20 @@ mod tests {
         snapshot
     }
 
+    /// Cluster b and its endpoints.
+    fn put_cluster_b(snapshot: &mut Snapshot) {
+        put(
+            snapshot,
+            resource(TypeUrl::Cluster, "b", 1, &[]),
+            TypeUrl::Cluster,
+        );
+        put(
+            snapshot,
+            resource(TypeUrl::ClusterLoadAssignment, "b", 1, &[]),
+            TypeUrl::ClusterLoadAssignment,
+        );
+    }
+
     fn sotw(type_url: TypeUrl, names: &[&str], version: &str, nonce: &str) -> SotwRequest {
         discovery(type_url, names, version, nonce).into()
     }
@@ -1671,16 +1685,7 @@ mod tests {
     fn a_request_naming_all_the_snapshot_has_is_taken_as_its_names() {
         let snapshot = base();
         let mut next = snapshot.clone();
-        put(
-            &mut next,
-            resource(TypeUrl::Cluster, "b", 1, &[]),
-            TypeUrl::Cluster,
-        );
-        put(
-            &mut next,
-            resource(TypeUrl::ClusterLoadAssignment, "b", 1, &[]),
-            TypeUrl::ClusterLoadAssignment,
-        );
+        put_cluster_b(&mut next);
         // The same requests, with the snapshot whose names they give and without it: the
         // same answers.
         let mut answers = Vec::new();
@@ -1884,16 +1889,7 @@ mod tests {
         let mut next = base();
         remove(&mut next, TypeUrl::Cluster, "a");
         remove(&mut next, TypeUrl::ClusterLoadAssignment, "a");
-        put(
-            &mut next,
-            resource(TypeUrl::Cluster, "b", 1, &[]),
-            TypeUrl::Cluster,
-        );
-        put(
-            &mut next,
-            resource(TypeUrl::ClusterLoadAssignment, "b", 1, &[]),
-            TypeUrl::ClusterLoadAssignment,
-        );
+        put_cluster_b(&mut next);
         put(
             &mut next,
             resource(TypeUrl::RouteConfiguration, "r", 2, &["b"]),
