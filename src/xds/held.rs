@@ -210,7 +210,7 @@ impl Subscription {
             return false;
         }
         if names.clone().is_sorted() && held.unknown.is_empty() {
-            // As Envoy gives them: compared as they come, without a copy or a sort.
+            // In order: compared as they come, without a copy or a sort.
             let mut previous = None;
             let distinct = names.filter(|name| previous.replace(*name) != Some(*name));
             return distinct.eq(held.known.keys().map(String::as_bytes));
