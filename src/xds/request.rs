@@ -50,7 +50,6 @@ struct Wire {
 struct Names {
     /// From the first name's field to the last one's end.
     span: Range<usize>,
-    count: usize,
     /// No other field comes between two names: the span is the names' encoding alone.
     contiguous: bool,
     digest: NamesDigest,
@@ -69,6 +68,11 @@ pub struct NamesDigest {
 }
 
 impl NamesDigest {
+    /// How many names were summed up.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
     pub fn add(&mut self, name: &[u8]) {
         self.count += 1;
         self.sum = self.sum.wrapping_add(name_hash(name));
@@ -134,7 +138,7 @@ impl SotwRequest {
     pub fn names_utf8(&self) -> impl ExactSizeIterator<Item = &[u8]> + Clone {
         NameValues {
             rest: &self.message[self.names.span.clone()],
-            left: self.names.count,
+            left: self.names.digest.count(),
         }
     }
 
@@ -171,20 +175,19 @@ fn find_names(message: &[u8]) -> Result<Names, SotwRequestError> {
             continue;
         }
         check_wire_type(WireType::LengthDelimited, wire_type)?;
-        let name =
-            length_delimited(&mut rest)?.ok_or(SotwRequestError::NameTruncated(names.count))?;
+        let index = names.digest.count();
+        let name = length_delimited(&mut rest)?.ok_or(SotwRequestError::NameTruncated(index))?;
         if !name.is_ascii() && std::str::from_utf8(name).is_err() {
-            return Err(SotwRequestError::NameNotUtf8(names.count));
+            return Err(SotwRequestError::NameNotUtf8(index));
         }
-        names.digest.add(name);
         let end = message.len() - rest.len();
-        if names.count == 0 {
+        if index == 0 {
             names.span = start..end;
         } else {
             names.contiguous &= names.span.end == start;
             names.span.end = end;
         }
-        names.count += 1;
+        names.digest.add(name);
     }
     Ok(names)
 }

@@ -519,20 +519,20 @@ impl StreamState {
             // Most requests name what the client was sent, or all the snapshot has: an ACK, or
             // a client in step asking for a new cluster's endpoints. Recognised by the names'
             // digest, without comparing each name with what is held.
-            let names_all = snapshot.is_some_and(|snapshot| {
+            let named_all = snapshot.filter(|snapshot| {
                 request.names_digest() == snapshot.names_digest(group, type_url)
             });
-            let renamed = match snapshot {
-                Some(snapshot) if names_all => state
+            let renamed = match named_all {
+                Some(snapshot) => state
                     .subscription
                     .name_all(snapshot.resources(group, type_url), &state.sent),
-                _ if state
+                None if state
                     .subscription
                     .names_exactly_held(request.names_utf8(), &state.sent) =>
                 {
                     Renamed::default()
                 }
-                _ => state.subscription.rename(request.names(), &state.sent),
+                None => state.subscription.rename(request.names(), &state.sent),
             };
             if renamed == Renamed::default() {
                 state.open_request = true;
