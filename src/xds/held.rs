@@ -9,6 +9,40 @@ use imbl::ordmap::DiffItem;
 
 use crate::xds::resource::{Resource, ResourceMap};
 
+/// `remove` that frees the collection's node when it empties. An emptied `BTreeMap` or
+/// `BTreeSet` keeps its root node allocated (half a KB for these entries), and a stream keeps
+/// several maps that fill while it syncs and empty once it settles: with a thousand Envoys
+/// connected those empty nodes cost megabytes.
+pub(super) trait RemoveFreeing<Q: ?Sized> {
+    type Removed;
+
+    fn remove_freeing(&mut self, key: &Q) -> Self::Removed;
+}
+
+impl<K: Ord + std::borrow::Borrow<Q>, V, Q: Ord + ?Sized> RemoveFreeing<Q> for BTreeMap<K, V> {
+    type Removed = Option<V>;
+
+    fn remove_freeing(&mut self, key: &Q) -> Option<V> {
+        let removed = self.remove(key);
+        if self.is_empty() {
+            *self = BTreeMap::new();
+        }
+        removed
+    }
+}
+
+impl<T: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized> RemoveFreeing<Q> for BTreeSet<T> {
+    type Removed = bool;
+
+    fn remove_freeing(&mut self, value: &Q) -> bool {
+        let removed = self.remove(value);
+        if self.is_empty() {
+            *self = BTreeSet::new();
+        }
+        removed
+    }
+}
+
 /// What the client holds of a resource: the resource itself when its content is known, else
 /// only its version (a reconnecting client only tells versions, or in SotW only names). A known
 /// resource's version is its own: one copy per resource, not one per stream holding it.
@@ -92,7 +126,7 @@ impl HeldMap {
     pub(super) fn set(&mut self, name: &str, held: Option<Held>) -> Option<Held> {
         let previous = match self.known.remove(name) {
             Some(resource) => Some(Held::Known(resource)),
-            None => self.unknown.remove(name).map(Held::Unknown),
+            None => self.unknown.remove_freeing(name).map(Held::Unknown),
         };
         match held {
             Some(Held::Known(resource)) => {
@@ -331,7 +365,7 @@ impl Subscription {
     }
 
     fn toggle(&mut self, name: &str) {
-        if !self.names.remove(name) {
+        if !self.names.remove_freeing(name) {
             self.names.insert(name.to_owned());
         }
     }

@@ -43,7 +43,7 @@ use serde::Serialize;
 use imbl::OrdMap;
 use imbl::ordmap::DiffItem;
 
-use crate::xds::held::{Held, HeldMap, Renamed, Subscription, same};
+use crate::xds::held::{Held, HeldMap, RemoveFreeing, Renamed, Subscription, same};
 use crate::xds::request::SotwRequest;
 use crate::xds::resource::{
     Group, Resource, ResourceMap, SetDigest, Snapshot, TypeUrl, encode_sotw_resources,
@@ -199,6 +199,40 @@ enum Start {
     Reconnected,
 }
 
+/// A stream's state per type, each allocated when its type is first used: a stream uses four
+/// to six types, and every connected Envoy has one of these.
+#[derive(Debug, Default)]
+struct TypeStates([Option<Box<TypeState>>; TypeUrl::ALL.len()]);
+
+impl TypeStates {
+    fn get(&self, type_url: &TypeUrl) -> Option<&TypeState> {
+        self.0[*type_url as usize].as_deref()
+    }
+
+    fn get_mut(&mut self, type_url: &TypeUrl) -> Option<&mut TypeState> {
+        self.0[*type_url as usize].as_deref_mut()
+    }
+
+    fn or_default(&mut self, type_url: TypeUrl) -> &mut TypeState {
+        self.0[type_url as usize].get_or_insert_default()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (TypeUrl, &TypeState)> {
+        TypeUrl::ALL
+            .into_iter()
+            .filter_map(|type_url| Some((type_url, self.get(&type_url)?)))
+    }
+}
+
+impl std::ops::Index<&TypeUrl> for TypeStates {
+    type Output = TypeState;
+
+    fn index(&self, type_url: &TypeUrl) -> &TypeState {
+        self.get(type_url)
+            .unwrap_or_else(|| panic!("no state for {}", type_url.as_str()))
+    }
+}
+
 #[derive(Debug, Default)]
 struct TypeState {
     subscription: Subscription,
@@ -266,7 +300,7 @@ impl TypeState {
                 self.acked_apart.insert(name.to_owned(), previous.clone());
             }
             Some(acked) if same(acked.as_ref(), now.as_ref()) => {
-                self.acked_apart.remove(name);
+                self.acked_apart.remove_freeing(name);
             }
             _ => {}
         }
@@ -277,7 +311,7 @@ impl TypeState {
     fn set_acked(&mut self, name: &str, held: Option<Held>) -> Option<Held> {
         let previous = self.acked(name);
         if same(held.as_ref(), self.sent.get(name).as_ref()) {
-            self.acked_apart.remove(name);
+            self.acked_apart.remove_freeing(name);
         } else {
             self.acked_apart.insert(name.to_owned(), held);
         }
@@ -360,7 +394,7 @@ pub struct StreamState {
     mode: Mode,
     group: Group,
     next_nonce: u64,
-    types: BTreeMap<TypeUrl, TypeState>,
+    types: TypeStates,
     start: Start,
     /// SotW: the clusters a reconnecting Envoy named in its first EDS request, that is the
     /// clusters it holds that EDS feeds.
@@ -391,7 +425,7 @@ impl StreamState {
             mode,
             group,
             next_nonce: 0,
-            types: BTreeMap::new(),
+            types: TypeStates::default(),
             start: Start::Unknown,
             held_endpoints: None,
             looked_up: false,
@@ -498,7 +532,7 @@ impl StreamState {
             return RequestOutcome::UnknownType(request.type_url().to_owned());
         };
         self.note_start(!request.version_info().is_empty());
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.or_default(type_url);
         let mut outcome = RequestOutcome::Subscribed;
         if !request.response_nonce().is_empty() {
             if request.response_nonce() != state.last_nonce {
@@ -511,7 +545,7 @@ impl StreamState {
             }
         }
         let group = self.group;
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.or_default(type_url);
         let first = !state.requested;
         let wildcard = type_url.is_full_state() && request.names().len() == 0;
         let mut gone = Vec::new();
@@ -568,7 +602,7 @@ impl StreamState {
     /// accepted. Its EDS names are the clusters it holds; its RDS names are routes of unknown
     /// content until the version proves otherwise.
     fn note_reported(&mut self, type_url: TypeUrl, version: &str) {
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.or_default(type_url);
         state.reported = Some(version.to_owned());
         state.acked_version = version.to_owned();
         let names = state.subscription.names(&state.sent);
@@ -592,7 +626,7 @@ impl StreamState {
         };
         let initial = &request.initial_resource_versions;
         self.note_start(!initial.is_empty());
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.or_default(type_url);
         let first = !state.requested;
         if first {
             state.requested = true;
@@ -620,7 +654,7 @@ impl StreamState {
                 let named = |n: &&String| state.subscription.names_contains(n, &state.sent);
                 gone.extend(state.sent.names().filter(|n| !named(n)).cloned());
             } else if state.subscription.remove(name, &state.sent) {
-                state.force.remove(name);
+                state.force.remove_freeing(name);
                 if !state.subscription.wildcard() {
                     gone.push(name.clone());
                 }
@@ -635,7 +669,7 @@ impl StreamState {
             }
             // The client is past its initial fetch: it needs no answer unless something
             // differs.
-            let state = self.types.entry(type_url).or_default();
+            let state = self.types.or_default(type_url);
             state.answered = true;
             state.acked_version = state.sent_digest.version();
         }
@@ -645,7 +679,7 @@ impl StreamState {
         if request.response_nonce.is_empty() {
             return RequestOutcome::Subscribed;
         }
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.or_default(type_url);
         match &state.in_flight {
             Some(in_flight) if in_flight.nonce == request.response_nonce => {
                 self.settle(type_url, request.error_detail.as_ref().map(|s| &s.message))
@@ -665,7 +699,7 @@ impl StreamState {
     /// Records what the client holds of one resource, keeping the set digest, the names of
     /// unknown content and the cluster references of route configurations up to date.
     fn hold(&mut self, type_url: TypeUrl, view: View, name: &str, held: Option<Held>) {
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.or_default(type_url);
         if let (View::Sent, Some(held)) = (view, &held) {
             state.sent_digest.toggle(name, held.version());
         }
@@ -681,12 +715,12 @@ impl StreamState {
             state.unresolved.insert(name.to_owned());
             false
         } else {
-            state.unresolved.remove(name) && state.unresolved.is_empty()
+            state.unresolved.remove_freeing(name) && state.unresolved.is_empty()
         };
         if type_url != TypeUrl::RouteConfiguration {
             return;
         }
-        let clusters = self.types.entry(TypeUrl::Cluster).or_default();
+        let clusters = self.types.or_default(TypeUrl::Cluster);
         // A cluster the route's previous version named may have lost its last user.
         clusters
             .recheck
@@ -700,7 +734,7 @@ impl StreamState {
 
     /// Settles the response in flight with the client's verdict.
     fn settle(&mut self, type_url: TypeUrl, error: Option<&String>) -> RequestOutcome {
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.or_default(type_url);
         let Some(in_flight) = state.in_flight.take() else {
             return RequestOutcome::Subscribed;
         };
@@ -842,7 +876,7 @@ impl StreamState {
 
     /// Records that the Envoy holds exactly `held` of a type, sent and ACKed.
     fn adopt_set(&mut self, type_url: TypeUrl, held: Vec<Arc<Resource>>) {
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.or_default(type_url);
         state.answered = true;
         let names: BTreeSet<&str> = held.iter().map(|r| r.name.as_str()).collect();
         let absent: Vec<String> = state
@@ -928,7 +962,7 @@ impl StreamState {
     /// The names whose desired state may differ from what was sent: what the snapshot changed
     /// since the last answer, plus the names marked for another look.
     fn candidates(&mut self, type_url: TypeUrl, available: &ResourceMap) -> BTreeSet<String> {
-        let state = self.types.entry(type_url).or_default();
+        let state = self.types.or_default(type_url);
         let mut names = std::mem::take(&mut state.recheck);
         names.extend(state.force.iter().cloned());
         match &state.seen {
@@ -948,7 +982,7 @@ impl StreamState {
                 }
             }
         }
-        self.types.entry(type_url).or_default().seen = Some(available.clone());
+        self.types.or_default(type_url).seen = Some(available.clone());
         names
     }
 
@@ -971,8 +1005,7 @@ impl StreamState {
                 if !self.clusters_ready(&route, snapshot) =>
             {
                 self.types
-                    .entry(type_url)
-                    .or_default()
+                    .or_default(type_url)
                     .recheck
                     .insert(name.to_owned());
                 Want::Keep
@@ -1070,7 +1103,10 @@ impl StreamState {
         changed.sort_by(|a, b| a.name.cmp(&b.name));
         removed.sort();
         for resource in &changed {
-            self.types.get_mut(&type_url)?.force.remove(&resource.name);
+            self.types
+                .get_mut(&type_url)?
+                .force
+                .remove_freeing(&resource.name);
             self.hold(
                 type_url,
                 View::Sent,
@@ -1079,13 +1115,13 @@ impl StreamState {
             );
         }
         for name in &removed {
-            self.types.get_mut(&type_url)?.force.remove(name);
+            self.types.get_mut(&type_url)?.force.remove_freeing(name);
             self.hold(type_url, View::Sent, name, None);
         }
         if type_url == TypeUrl::Cluster {
             self.refresh_endpoints_of(&changed);
             for name in &removed {
-                self.retired.remove(name);
+                self.retired.remove_freeing(name);
             }
         }
         let state = self.types.get_mut(&type_url)?;
@@ -1139,10 +1175,7 @@ impl StreamState {
     /// Envoy keeps a new or changed cluster warming until its endpoints arrive, even unchanged
     /// ones, so the endpoints of every cluster that changed go out again.
     fn refresh_endpoints_of(&mut self, clusters: &[Arc<Resource>]) {
-        let endpoints = self
-            .types
-            .entry(TypeUrl::ClusterLoadAssignment)
-            .or_default();
+        let endpoints = self.types.or_default(TypeUrl::ClusterLoadAssignment);
         for cluster in clusters {
             if endpoints.subscribed(&cluster.name) || endpoints.sent.contains_key(&cluster.name) {
                 endpoints.force.insert(cluster.name.clone());
@@ -1155,7 +1188,7 @@ impl StreamState {
             .iter()
             .map(|(type_url, state)| {
                 (
-                    *type_url,
+                    type_url,
                     TypeStatus {
                         acked_version: state.acked_version.clone(),
                         acked_resources: state.acked_len(),
