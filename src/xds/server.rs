@@ -388,14 +388,13 @@ impl AdsService {
                 return Err(status);
             }
         };
-        let node = first.node().cloned().unwrap_or_default();
-        let role = role_of(&node);
+        let role = first.node().and_then(role_of);
         let mut state = StreamState::new(mode, Group::from_role(role.as_deref()));
         if self.registry.tracks_settled.load(Ordering::Relaxed) {
             state.track_settled();
         }
         let proxy = Arc::new(Proxy {
-            node_id: node.id.clone(),
+            node_id: first.node().map(|node| node.id.clone()).unwrap_or_default(),
             state: Mutex::new(state),
             role,
             mode,
@@ -411,9 +410,13 @@ impl AdsService {
         tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
 
         self.handle_request(&proxy, &first, &mut converging);
+        // Envoy's node (its metadata and the list of its extensions) is kilobytes, and the
+        // stream lives as long as its Envoy.
+        drop(first);
         let reconnected = if lock(&proxy).awaits_reconnect() {
-            self.await_reconnect(&proxy, &mut inbound, &mut converging)
-                .await
+            // Boxed, like the wait for a sync turn: a stream's task lives as long as its Envoy,
+            // and an awaited future's room in it stays reserved for that long.
+            Box::pin(self.await_reconnect(&proxy, &mut inbound, &mut converging)).await
         } else {
             Ok(true)
         };
@@ -443,19 +446,13 @@ impl AdsService {
     ) -> Result<(), Status> {
         let mut snapshots = self.snapshots.clone();
         let mut stopping = self.stopping.clone();
-        let mut pending = None;
         let mut turn = SyncTurn::Waiting;
         let mut heard_at = tokio::time::Instant::now();
         loop {
-            if let Some(request) = pending.take() {
-                heard_at = tokio::time::Instant::now();
-                self.handle_request(proxy, &request, &mut converging);
-            }
             if matches!(turn, SyncTurn::Waiting) && snapshots.borrow().is_some() {
-                match self
-                    .await_sync_turn(proxy, &mut inbound, &mut converging)
-                    .await?
-                {
+                // Boxed: a stream waits for its turn once, and the room an awaited future takes in
+                // the stream's task stays reserved for as long as the Envoy is connected.
+                match Box::pin(self.await_sync_turn(proxy, &mut inbound, &mut converging)).await? {
                     Some(permit) => {
                         turn = SyncTurn::Holding { _permit: permit };
                         heard_at = tokio::time::Instant::now();
@@ -492,7 +489,10 @@ impl AdsService {
                 matches!(turn, SyncTurn::Holding { .. }).then_some(heard_at + SYNC_STALL);
             tokio::select! {
                 message = inbound.message() => match message? {
-                    Some(request) => pending = Some(request),
+                    Some(request) => {
+                        heard_at = tokio::time::Instant::now();
+                        self.handle_request(proxy, &request, &mut converging);
+                    }
                     None => return Ok(()),
                 },
                 changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
