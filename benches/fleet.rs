@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Extension, Node};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -325,8 +325,26 @@ fn node(index: usize, role: &str) -> Node {
             )]
             .into(),
         }),
+        user_agent_name: "envoy".to_owned(),
+        extensions: envoy_extensions(),
         ..Default::default()
     }
+}
+
+/// As many extensions as Envoy 1.40 lists in its node (516, 428 type URLs, about 100 KB in
+/// its admin's JSON), so that a stream's first request is the size of a real Envoy's.
+fn envoy_extensions() -> Vec<Extension> {
+    (0..516)
+        .map(|i| Extension {
+            name: format!("envoy.filters.synthetic.extension_{i:03}"),
+            category: format!("envoy.synthetic.category_{:03}", i % 108),
+            type_urls: (i < 428)
+                .then(|| format!("envoy.extensions.synthetic.v3.ExtensionNumber{i:03}"))
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// How often a client starts its stream again before it gives up.
