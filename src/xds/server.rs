@@ -410,8 +410,8 @@ impl AdsService {
         tracing::info!(node = %proxy.node_id, role = ?proxy.role, group = ?proxy.group(), ?mode, "Envoy connected");
 
         self.handle_request(&proxy, &first, &mut converging);
-        // Envoy's node (its metadata and the list of its extensions) is kilobytes, and the
-        // stream lives as long as its Envoy.
+        // Envoy's node lists the hundreds of extensions it was built with (some 100 KB as
+        // JSON), and the stream lives as long as its Envoy: keep only its id and role.
         drop(first);
         let reconnected = if lock(&proxy).awaits_reconnect() {
             // Boxed, like the wait for a sync turn: a stream's task lives as long as its Envoy,
