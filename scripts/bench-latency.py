@@ -83,10 +83,10 @@ def write_world(work, size, procs):
     return manifests, backend_port
 
 
-def status(port, host, timeout=2.0):
+def status(port, host, timeout=2.0, path="/"):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", "/", headers={"Host": host})
+        conn.request("GET", path, headers={"Host": host})
         response = conn.getresponse()
         response.read()
         return response.status

@@ -46,14 +46,7 @@ def connected(admin_port):
 
 
 def envoy_ready(admin_port):
-    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=2)
-    try:
-        conn.request("GET", "/ready")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
+    return latency.status(admin_port, "localhost", path="/ready") == 200
 
 
 def wait_for(what, predicate, limit):
@@ -62,7 +55,7 @@ def wait_for(what, predicate, limit):
         if predicate():
             return
         time.sleep(0.2)
-    sys.exit(f"{what} within {limit} s: no")
+    sys.exit(f"gave up waiting for {what} after {limit} s")
 
 
 def run(envoys, size, delta, settle):
